@@ -1,0 +1,3 @@
+from mindkit.checkpoint.io import load_weights, read_state, save_state
+
+__all__ = ["load_weights", "read_state", "save_state"]

@@ -1,0 +1,88 @@
+"""Read and write weights (MindSpore .ckpt, .safetensors, GGUF) and place them into a model, strictly:
+a missing, unexpected or mis-shaped parameter is an error that names it — never silent random weights."""
+import logging
+import os
+
+import numpy as np
+import mindspore as ms
+
+from mindkit.checkpoint.fused import match_layout
+from mindkit.errors import CheckpointError
+
+logger = logging.getLogger("mindkit")
+WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".gguf")
+
+
+def resolve_checkpoint_file(path, key="load_checkpoint"):
+    """A file, or a folder holding weight files (the last one in name order wins, as in MindSpore)."""
+    if not path or not os.path.exists(path):
+        raise CheckpointError(key, path, "an existing .ckpt, .safetensors or .gguf file, or a folder of them")
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith(WEIGHT_SUFFIXES))
+        if not files:
+            raise CheckpointError(key, path, "a folder containing .ckpt, .safetensors or .gguf files")
+        path = os.path.join(path, files[-1])
+    if not path.endswith(WEIGHT_SUFFIXES):
+        raise CheckpointError(key, path, "a file ending in " + ", ".join(WEIGHT_SUFFIXES))
+    return path
+
+
+def _to_numpy(value):
+    t = value if isinstance(value, ms.Tensor) else ms.Tensor(value)
+    if t.dtype == ms.bfloat16:
+        t = t.astype(ms.float32)
+    return t.asnumpy()
+
+
+def read_state(path, key="load_checkpoint"):
+    """name → numpy array (bfloat16 is widened to float32, exactly)."""
+    path = resolve_checkpoint_file(path, key)
+    try:
+        if path.endswith(".gguf"):
+            from mindkit.checkpoint.gguf_weights import read_gguf_state
+            return read_gguf_state(path)
+        fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
+        params = ms.load_checkpoint(path, format=fmt)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise CheckpointError(key, path, "a readable checkpoint file", hint=str(e).splitlines()[0][:200]) from None
+    return {name: _to_numpy(p) for name, p in params.items()}
+
+
+def save_state(state, path, dtype=None):
+    """Write name → array as .ckpt or .safetensors (by suffix); ``dtype`` casts (e.g. ms.bfloat16)."""
+    items = []
+    for name, arr in state.items():
+        t = ms.Tensor(arr)
+        items.append({"name": name, "data": t.astype(dtype) if dtype is not None else t})
+    fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
+    ms.save_checkpoint(items, path, format=fmt)
+
+
+def model_shapes(model):
+    return {p.name: tuple(p.shape) for p in model.get_parameters()}
+
+
+def load_weights(model, path, key="load_checkpoint"):
+    """Load ``path`` into ``model``; returns the resolved file. Raises CheckpointError naming any mismatch."""
+    path = resolve_checkpoint_file(path, key)
+    state = read_state(path, key)
+    expected = model_shapes(model)
+    state = match_layout(state, expected, model.config.kv_heads)
+    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in expected:
+        state.pop("lm_head.weight", None)  # a tied model's head is its embedding
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path}: parameter {missing[0]}", "missing", f"shape {expected[missing[0]]}",
+                              hint=f"{len(missing)} missing in all" if len(missing) > 1 else None)
+    if extra:
+        shape = None if state[extra[0]] is None else tuple(state[extra[0]].shape)
+        raise CheckpointError(f"{path}: parameter {extra[0]}", f"shape {shape}", "no such parameter in the model",
+                              hint=f"{len(extra)} unexpected in all" if len(extra) > 1 else None)
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}", f"shape {shape}")
+    for p in model.get_parameters():
+        p.set_data(ms.Tensor(np.ascontiguousarray(state[p.name]), dtype=p.dtype))
+    logger.info("loaded %d parameters from %s", len(expected), path)
+    return path

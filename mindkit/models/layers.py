@@ -1,0 +1,84 @@
+"""Building blocks in plain MindSpore ops (no fused Ascend kernels), so the same model runs on CPU, GPU and Ascend.
+
+Each weight-holding layer declares how tensor parallelism splits its weight (``split_axis`` of the *full* weight:
+0 = split the output rows, 1 = split the input columns, None = replicated). Sharding weights, writing strategy files
+and transforming checkpoints all read this one declaration.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+def ms_dtype(name):
+    return DTYPES[name]
+
+
+class ParallelLayout:
+    """How one weight is split across ``model_parallel`` ranks: replicated, by rows (0) or by columns (1)."""
+    split_axis = None
+
+
+class Linear(nn.Cell, ParallelLayout):
+    """y = x @ W^T with W stored (out, in) as MindFormers does. ``split_axis``: 0 column-parallel, 1 row-parallel."""
+
+    def __init__(self, in_features, out_features, param_init_type="float32", compute_dtype="float32",
+                 split_axis=None, init_std=0.02):
+        super().__init__()
+        self.in_features, self.out_features, self.split_axis = in_features, out_features, split_axis
+        self.weight = Parameter(initializer(Normal(init_std), (out_features, in_features), ms_dtype(param_init_type)),
+                                name="weight")
+        self.compute_dtype = ms_dtype(compute_dtype)
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).astype(self.compute_dtype)
+        y = self.matmul(x, self.weight.astype(self.compute_dtype))
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class Embedding(nn.Cell, ParallelLayout):
+    """Token embedding, weight (vocab, hidden) named ``embedding_weight``; split over the vocabulary (axis 0)."""
+    split_axis = 0
+
+    def __init__(self, vocab_size, hidden_size, param_init_type="float32", init_std=0.02):
+        super().__init__()
+        self.embedding_weight = Parameter(
+            initializer(Normal(init_std), (vocab_size, hidden_size), ms_dtype(param_init_type)),
+            name="embedding_weight")
+
+    def construct(self, input_ids):
+        return ops.gather(self.embedding_weight, input_ids, 0)
+
+
+class RMSNorm(nn.Cell, ParallelLayout):
+    def __init__(self, dim, eps=1e-5, param_init_type="float32", compute_type="float32"):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(initializer("ones", (dim,), ms_dtype(param_init_type)), name="weight")
+        self.compute_type = ms_dtype(compute_type)
+
+    def construct(self, x):
+        dtype = x.dtype
+        x = x.astype(self.compute_type)
+        var = ops.mean(ops.square(x), -1, keep_dims=True)
+        x = x * ops.rsqrt(var + self.eps)
+        return (x * self.weight.astype(self.compute_type)).astype(dtype)
+
+
+def rope_tables(head_dim, max_position, theta, dtype=ms.float32):
+    """cos/sin tables (max_position, head_dim) for rotate-half RoPE (pairs i and i + head_dim/2)."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    freqs = np.outer(np.arange(max_position, dtype=np.float64), inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return Tensor(np.cos(emb).astype(np.float32), dtype), Tensor(np.sin(emb).astype(np.float32), dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, heads, L, hd); cos/sin: (B, 1, L, hd)."""
+    half = x.shape[-1] // 2
+    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
+    return x * cos + rotated * sin

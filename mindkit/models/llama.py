@@ -1,0 +1,165 @@
+"""Llama (Llama 2, SmolLM2, ...) in plain MindSpore ops, parameter names exactly as MindFormers' LlamaForCausalLM.
+
+Shapes: B batch, L new tokens this call, S KV-cache slots. Prompts are left-padded so every row writes the same
+cache slots; ``positions`` (B, L) are each row's RoPE positions and ``key_valid`` (B, S) marks real (non-pad)
+cache slots, so padding never changes a row's result.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mindkit.models.layers import Embedding, Linear, RMSNorm, apply_rope, ms_dtype, rope_tables
+from mindkit.models.llama_config import LlamaConfig
+from mindkit.registry import register
+
+MASK_VALUE = -1e9
+
+
+class LlamaAttention(nn.Cell):
+    """GQA attention: query heads are grouped over the KV heads (head h reads KV head h // (heads / kv_heads))."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        self.qkv_concat = cfg.qkv_concat
+        q_out, kv_out = self.n_heads * self.hd, self.n_kv * self.hd
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype)
+        if self.qkv_concat:
+            self.w_qkv = Linear(cfg.hidden_size, q_out + 2 * kv_out, split_axis=0, **lin)
+        else:
+            self.wq = Linear(cfg.hidden_size, q_out, split_axis=0, **lin)
+            self.wk = Linear(cfg.hidden_size, kv_out, split_axis=0, **lin)
+            self.wv = Linear(cfg.hidden_size, kv_out, split_axis=0, **lin)
+        self.wo = Linear(q_out, cfg.hidden_size, split_axis=1, **lin)
+        self.softmax_dtype = ms_dtype(cfg.softmax_compute_type)
+        self.scale = 1.0 / float(np.sqrt(self.hd))
+        self.bmm_t = ops.BatchMatMul(transpose_b=True)
+
+    def _project(self, x):
+        if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
+            B, L, _ = x.shape
+            qkv = self.w_qkv(x).reshape(B, L, self.n_kv, -1)
+            q_out = (self.n_heads // self.n_kv) * self.hd
+            return (qkv[..., :q_out].reshape(B, L, -1), qkv[..., q_out:q_out + self.hd].reshape(B, L, -1),
+                    qkv[..., q_out + self.hd:].reshape(B, L, -1))
+        return self.wq(x), self.wk(x), self.wv(x)
+
+    def construct(self, x, cos, sin, mask, cache, start):
+        B, L, _ = x.shape
+        q, k, v = self._project(x)
+        q = apply_rope(q.reshape(B, L, self.n_heads, self.hd).transpose(0, 2, 1, 3), cos, sin)
+        k = apply_rope(k.reshape(B, L, self.n_kv, self.hd).transpose(0, 2, 1, 3), cos, sin)
+        v = v.reshape(B, L, self.n_kv, self.hd).transpose(0, 2, 1, 3)
+        k_cache, v_cache = cache
+        k_cache[:, :, start:start + L] = k.astype(k_cache.dtype)
+        v_cache[:, :, start:start + L] = v.astype(v_cache.dtype)
+        S, rep = k_cache.shape[2], self.n_heads // self.n_kv
+        q = q.reshape(B, self.n_kv, rep * L, self.hd)
+        scores = self.bmm_t(q, k_cache.astype(q.dtype)).astype(self.softmax_dtype) * self.scale
+        scores = scores.reshape(B, self.n_kv, rep, L, S) + mask
+        probs = ops.softmax(scores, -1).astype(v_cache.dtype).reshape(B, self.n_kv, rep * L, S)
+        out = ops.matmul(probs, v_cache)
+        out = out.reshape(B, self.n_heads, L, self.hd).transpose(0, 2, 1, 3).reshape(B, L, -1)
+        return self.wo(out)
+
+
+class LlamaFeedForward(nn.Cell):
+    """SwiGLU: w2(silu(w1 x) * w3 x); with ``qkv_concat``, ``w_gate_hidden`` interleaves w1 and w3 row by row."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.ffn = cfg.ffn_hidden_size
+        self.fused = cfg.qkv_concat
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype)
+        if self.fused:
+            self.w_gate_hidden = Linear(cfg.hidden_size, 2 * self.ffn, split_axis=0, **lin)
+        else:
+            self.w1 = Linear(cfg.hidden_size, self.ffn, split_axis=0, **lin)
+            self.w3 = Linear(cfg.hidden_size, self.ffn, split_axis=0, **lin)
+        self.w2 = Linear(self.ffn, cfg.hidden_size, split_axis=1, **lin)
+
+    def construct(self, x):
+        if self.fused:
+            gh = self.w_gate_hidden(x).reshape(x.shape[:-1] + (self.ffn, 2))
+            gate, up = gh[..., 0], gh[..., 1]
+        else:
+            gate, up = self.w1(x), self.w3(x)
+        return self.w2(ops.silu(gate) * up)
+
+
+class LlamaDecodeLayer(nn.Cell):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        norm = dict(eps=cfg.rms_norm_eps, param_init_type=cfg.param_init_type,
+                    compute_type=cfg.layernorm_compute_type)
+        self.attention_norm = RMSNorm(cfg.hidden_size, **norm)
+        self.attention = LlamaAttention(cfg)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, **norm)
+        self.feed_forward = LlamaFeedForward(cfg)
+
+    def construct(self, x, cos, sin, mask, cache, start):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start).astype(x.dtype)
+        return h + self.feed_forward(self.ffn_norm(h)).astype(x.dtype)
+
+
+class LlamaModel(nn.Cell):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type)
+        self.layers = nn.CellList([LlamaDecodeLayer(cfg) for _ in range(cfg.num_layers)])
+        self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type, cfg.layernorm_compute_type)
+        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta, ms_dtype(cfg.rotary_dtype))
+        self.compute_dtype = ms_dtype(cfg.compute_dtype)
+
+    def construct(self, input_ids, positions, key_valid, start, caches):
+        B, L = input_ids.shape
+        S = key_valid.shape[1]
+        slots = ops.arange(L).reshape(L, 1) + start
+        causal = ops.arange(S).reshape(1, S) <= slots                          # (L, S)
+        allowed = ops.logical_and(causal.reshape(1, L, S), key_valid.reshape(B, 1, S))
+        mask = ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
+        cos = ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1).astype(self.compute_dtype)
+        sin = ops.gather(self.sin, positions, 0).reshape(B, 1, L, -1).astype(self.compute_dtype)
+        h = self.tok_embeddings(input_ids).astype(self.compute_dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, caches[i], start)
+        return self.norm_out(h)
+
+
+@register("model")
+class LlamaForCausalLM(nn.Cell):
+    """``model.*`` backbone + ``lm_head`` (absent when ``tie_word_embeddings``: the embedding is the LM head)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, config.param_init_type,
+                                  config.compute_dtype, split_axis=0)
+        self.head_matmul = ops.MatMul(transpose_b=True)
+        self.compute_dtype = ms_dtype(config.compute_dtype)
+
+    def construct(self, input_ids, positions, key_valid, start, caches, last_only=True):
+        h = self.model(input_ids, positions, key_valid, start, caches)
+        if last_only:
+            h = h[:, -1:]
+        B, L, H = h.shape
+        h = h.reshape(B * L, H).astype(self.compute_dtype)
+        weight = self.model.tok_embeddings.embedding_weight if self.config.tie_word_embeddings else self.lm_head.weight
+        logits = self.head_matmul(h, weight.astype(self.compute_dtype))
+        return logits.astype(ms.float32).reshape(B, L, -1)
+
+    def new_cache(self, batch, slots):
+        cfg = self.config
+        dtype = ms_dtype(cfg.compute_dtype)
+        shape = (batch, cfg.kv_heads, slots, cfg.head_dim)
+        return [(ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+
+    def forward_full(self, input_ids):
+        """Logits for every position of unpadded ``input_ids`` (B, L) numpy/list; used by parity checks and eval."""
+        ids = Tensor(np.asarray(input_ids, np.int32))
+        B, L = ids.shape
+        positions = Tensor(np.tile(np.arange(L, dtype=np.int32), (B, 1)))
+        valid = Tensor(np.ones((B, L), np.bool_))
+        return self(ids, positions, valid, 0, self.new_cache(B, L), last_only=False)
