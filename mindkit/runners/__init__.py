@@ -1,0 +1,3 @@
+from mindkit.runners.predict import PredictRunner
+
+__all__ = ["PredictRunner"]

@@ -1,0 +1,72 @@
+"""From a MindkitConfig to ready parts: the MindSpore context, the tokenizer, the model with its weights."""
+import logging
+import os
+
+import numpy as np
+
+from mindkit import registry
+from mindkit.checkpoint import load_weights
+from mindkit.errors import ConfigError
+from mindkit.utils.paths import resolve_path
+
+logger = logging.getLogger("mindkit")
+
+
+def setup_context(config):
+    import mindspore as ms
+    ctx = config.context
+    try:
+        ms.set_device(ctx.device_target, ctx.device_id)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError("context.device_target", ctx.device_target, "a device this MindSpore build supports",
+                          hint=str(e).splitlines()[0][:160]) from None
+    if ctx.runtime_num_threads:
+        ms.set_context(runtime_num_threads=ctx.runtime_num_threads)
+    if ctx.mode == 0:
+        logger.info("context.mode 0: mindkit's generate loop runs op by op (PyNative); compiled decode is per-step")
+    # Op-by-op dispatch on CPU is ~9x faster with blocking launches (measured, ../shared/REAL_MODEL.md).
+    if ctx.device_target == "CPU":
+        ms.runtime.launch_blocking()
+    ms.set_seed(config.seed)
+    np.random.seed(config.seed)
+
+
+def build_tokenizer(config):
+    processor = config.section("processor")
+    section = processor.get("tokenizer")
+    if not section:
+        raise ConfigError("processor.tokenizer", section, "a tokenizer section with a 'type'")
+    return registry.build("tokenizer", section, key="processor.tokenizer")
+
+
+def build_model_config(config):
+    section = config.model.get("model_config")
+    if not isinstance(section, dict):
+        raise ConfigError("model.model_config", section, "a mapping")
+    section = dict(section)
+    section.setdefault("type", "LlamaConfig")
+    return registry.build("config", section, key="model.model_config")
+
+
+def checkpoint_path(config, model_config):
+    path = config.load_checkpoint or getattr(model_config, "checkpoint_name_or_path", None)
+    key = "load_checkpoint" if config.load_checkpoint else "model.model_config.checkpoint_name_or_path"
+    if not path:
+        raise ConfigError("load_checkpoint", path, "a checkpoint file or folder (.ckpt, .safetensors or .gguf)",
+                          hint="mindkit never predicts with silently random weights")
+    path = resolve_path(path, key)
+    if not os.path.exists(path):
+        raise ConfigError(key, path, "an existing checkpoint file or folder")
+    return path, key
+
+
+def build_model(config, load=True):
+    model_config = build_model_config(config)
+    arch = config.model.get("arch") or {"type": "LlamaForCausalLM"}
+    model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
+    path, key = checkpoint_path(config, model_config) if load else (None, None)
+    model = model_cls(model_config)
+    if load:
+        load_weights(model, path, key)
+    model.set_train(False)
+    return model

@@ -1,0 +1,101 @@
+"""``run_mode: predict``: prompts → batches → generate → ``text_generation_result.txt`` (MindFormers' format).
+
+Prompts run in batches of ``predict_batch_size`` (default ``model_config.batch_size``), the remainder as a smaller
+batch. Each batch's dict ``{'text_generation_text': [prompt + completion, ...]}`` goes into one list written with
+``str()`` as MindFormers does; the console gets each answer and the speed line.
+"""
+import logging
+import os
+import sys
+import time
+
+from mindkit.data.predict_inputs import read_prompts
+from mindkit.errors import InputError
+from mindkit.generation import GenerationConfig, generate
+from mindkit.registry import register
+from mindkit.runners.build import build_model, build_tokenizer, setup_context
+from mindkit.utils.log import setup_file_logging
+
+logger = logging.getLogger("mindkit")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only when there is more than one batch)."""
+
+    def __init__(self, total, enabled):
+        self.total, self.enabled, self.done, self.start = total, enabled, 0, time.perf_counter()
+
+    def update(self, n, tokens):
+        self.done += n
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} prompts, "
+                         f"{tokens / elapsed:.1f} tokens/s, {eta:.0f}s left")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@register("runner", "predict")
+class PredictRunner:
+    def __init__(self, config):
+        self.config = config
+
+    def encode_prompts(self, tokenizer, prompts, seq_length):
+        processor = self.config.section("processor")
+        chat = processor.get("use_chat_template", False)
+        system = processor.get("system_prompt")
+        encoded = []
+        for i, text in enumerate(prompts):
+            if chat:
+                messages = ([{"role": "system", "content": system}] if system else []) + \
+                           [{"role": "user", "content": text}]
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            else:
+                ids = tokenizer.encode(text)
+            if len(ids) >= seq_length:
+                raise InputError(f"predict_data[{i}]", f"{len(ids)} tokens",
+                                 f"fewer than model.model_config.seq_length ({seq_length}) tokens")
+            encoded.append(ids)
+        return encoded
+
+    def run(self):
+        cfg = self.config
+        setup_file_logging(cfg.output_dir)
+        prompts = read_prompts(cfg.input_data)
+        setup_context(cfg)
+        tokenizer = build_tokenizer(cfg)
+        t0 = time.perf_counter()
+        model = build_model(cfg)
+        logger.info("model built and weights loaded in %.1f s", time.perf_counter() - t0)
+        mcfg = model.config
+        encoded = self.encode_prompts(tokenizer, prompts, mcfg.seq_length)
+        gen = GenerationConfig.from_model_config(mcfg, seed=cfg.seed)
+        if tokenizer.eos_token_id is not None and not gen.eos_token_id:
+            gen.eos_token_id = (tokenizer.eos_token_id,)
+        batch_size = cfg.predict_batch_size or mcfg.batch_size
+        results, texts = [], []
+        total_tokens, total_time, ttfts = 0, 0.0, []
+        bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
+        for start in range(0, len(encoded), batch_size):
+            out = generate(model, encoded[start:start + batch_size], gen)
+            batch_texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+            results.append({"text_generation_text": batch_texts})
+            texts.extend(tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True))
+            total_tokens += out.generated_tokens
+            total_time += out.total_time
+            ttfts.append(out.time_to_first_token)
+            bar.update(len(out.sequences), total_tokens)
+        with open(cfg.save_file, "w", encoding="utf-8") as f:
+            f.write(str(results))
+        for prompt, answer in zip(prompts, texts):
+            print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
+        speed = total_tokens / total_time if total_time else 0.0
+        logger.info("total time: %.2f s; generated tokens: %d tokens; generate speed: %.2f tokens/s; "
+                    "time to first token: %.3f s (mean over %d batches)", total_time, total_tokens, speed,
+                    sum(ttfts) / len(ttfts), len(ttfts))
+        logger.info("results written to %s", os.path.abspath(cfg.save_file))
+        return results

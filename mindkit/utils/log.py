@@ -1,0 +1,32 @@
+"""Logging: INFO to the console, and per rank to ``{output_dir}/log/rank_{r}/info.log`` and ``error.log``."""
+import logging
+import os
+import sys
+
+FORMAT = "%(asctime)s - mindkit - %(levelname)s - %(message)s"
+logger = logging.getLogger("mindkit")
+
+
+def setup_console_logging(level=logging.INFO):
+    if not any(getattr(h, "_mindkit_console", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter(FORMAT))
+        h._mindkit_console = True
+        logger.addHandler(h)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def setup_file_logging(output_dir, rank=0):
+    log_dir = os.path.join(output_dir, "log", f"rank_{rank}")
+    os.makedirs(log_dir, exist_ok=True)
+    for h in [h for h in logger.handlers if getattr(h, "_mindkit_file", False)]:
+        logger.removeHandler(h)
+        h.close()
+    for name, level in (("info.log", logging.INFO), ("error.log", logging.ERROR)):
+        h = logging.FileHandler(os.path.join(log_dir, name), encoding="utf-8")
+        h.setLevel(level)
+        h.setFormatter(logging.Formatter(FORMAT))
+        h._mindkit_file = True
+        logger.addHandler(h)
+    return log_dir
