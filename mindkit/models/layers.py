@@ -51,7 +51,10 @@ class Embedding(nn.Cell, ParallelLayout):
             name="embedding_weight")
 
     def construct(self, input_ids):
-        return ops.gather(self.embedding_weight, input_ids, 0)
+        weight = self.embedding_weight
+        if weight.dtype == ms.bfloat16:  # no bfloat16 Gather kernel on CPU
+            return ops.gather(weight.astype(ms.float32), input_ids, 0).astype(ms.bfloat16)
+        return ops.gather(weight, input_ids, 0)
 
 
 class RMSNorm(nn.Cell, ParallelLayout):
@@ -69,12 +72,12 @@ class RMSNorm(nn.Cell, ParallelLayout):
         return (x * self.weight.astype(self.compute_type)).astype(dtype)
 
 
-def rope_tables(head_dim, max_position, theta, dtype=ms.float32):
+def rope_tables(head_dim, max_position, theta):
     """cos/sin tables (max_position, head_dim) for rotate-half RoPE (pairs i and i + head_dim/2)."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     freqs = np.outer(np.arange(max_position, dtype=np.float64), inv_freq)
     emb = np.concatenate([freqs, freqs], axis=-1)
-    return Tensor(np.cos(emb).astype(np.float32), dtype), Tensor(np.sin(emb).astype(np.float32), dtype)
+    return Tensor(np.cos(emb).astype(np.float32)), Tensor(np.sin(emb).astype(np.float32))
 
 
 def apply_rope(x, cos, sin):

@@ -108,7 +108,8 @@ class LlamaModel(nn.Cell):
         self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type)
         self.layers = nn.CellList([LlamaDecodeLayer(cfg) for _ in range(cfg.num_layers)])
         self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type, cfg.layernorm_compute_type)
-        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta, ms_dtype(cfg.rotary_dtype))
+        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta)  # float32: gathered per call
+        self.rotary_dtype = ms_dtype(cfg.rotary_dtype)
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
 
     def construct(self, input_ids, positions, key_valid, start, caches):
@@ -118,8 +119,9 @@ class LlamaModel(nn.Cell):
         causal = ops.arange(S).reshape(1, S) <= slots                          # (L, S)
         allowed = ops.logical_and(causal.reshape(1, L, S), key_valid.reshape(B, 1, S))
         mask = ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
-        cos = ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1).astype(self.compute_dtype)
-        sin = ops.gather(self.sin, positions, 0).reshape(B, 1, L, -1).astype(self.compute_dtype)
+        cos = ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1).astype(self.rotary_dtype)
+        sin = ops.gather(self.sin, positions, 0).reshape(B, 1, L, -1).astype(self.rotary_dtype)
+        cos, sin = cos.astype(self.compute_dtype), sin.astype(self.compute_dtype)
         h = self.tok_embeddings(input_ids).astype(self.compute_dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, caches[i], start)

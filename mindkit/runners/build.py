@@ -60,8 +60,19 @@ def checkpoint_path(config, model_config):
     return path, key
 
 
+# Compute dtypes without MindSpore kernels on a backend (bfloat16 MatMul/Gather do not exist on CPU; bfloat16
+# *storage* with float32/float16 compute does work).
+UNSUPPORTED_COMPUTE = {"CPU": ("bfloat16",)}
+
+
 def build_model(config, load=True):
     model_config = build_model_config(config)
+    device = config.context.device_target
+    for key in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"):
+        if getattr(model_config, key, None) in UNSUPPORTED_COMPUTE.get(device, ()):
+            raise ConfigError(f"model.model_config.{key}", getattr(model_config, key),
+                              f"float32 or float16 on {device} (MindSpore has no {device} bfloat16 kernels)",
+                              hint="param_init_type: bfloat16 with compute_dtype: float32 works")
     arch = config.model.get("arch") or {"type": "LlamaForCausalLM"}
     model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
     path, key = checkpoint_path(config, model_config) if load else (None, None)

@@ -40,7 +40,8 @@ class LlamaTokenizer(Tokenizer):
         return ids
 
     def decode(self, ids, skip_special_tokens=True):
-        ids = [int(i) for i in ids]
+        size = self.sp.get_piece_size()
+        ids = [int(i) for i in ids if 0 <= int(i) < size]  # a model's padded vocab may exceed the tokenizer's
         if skip_special_tokens:
             special = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
             ids = [i for i in ids if i not in special and not self.sp.is_control(i)]

@@ -7,9 +7,21 @@ FORMAT = "%(asctime)s - mindkit - %(levelname)s - %(message)s"
 logger = logging.getLogger("mindkit")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be redirected after set-up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_console_logging(level=logging.INFO):
     if not any(getattr(h, "_mindkit_console", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter(FORMAT))
         h._mindkit_console = True
         logger.addHandler(h)
