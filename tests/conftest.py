@@ -10,12 +10,13 @@ TINY_CONFIG = os.path.join(REPO, "configs", "tiny", "predict_tiny_llama.yaml")
 SMOLLM2_CONFIG = os.path.join(REPO, "configs", "smollm2", "predict_smollm2_135m.yaml")
 
 _WORDS = ("the a cat dog sat on mat ran far away big small red blue green tree house car road river sun moon star "
-          "day night good bad happy sad one two three four five I you we they love see eat run walk").split()
+          "day night good bad happy sad one two three four five we they love see eat run walk").split()
 
 
 def make_sentences(n=400, seed=0):
     rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))).capitalize() + rng.choice(".!?")
+            for _ in range(n)]
 
 
 @pytest.fixture(scope="session")

@@ -50,5 +50,6 @@ class Sampler:
             return logits.argmax(-1)
         logits = top_k_top_p_filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
         probs = _softmax(logits)
-        u = self.rng.random((probs.shape[0], 1))
-        return np.minimum((np.cumsum(probs, -1) < u).sum(-1), probs.shape[-1] - 1)
+        cum = np.cumsum(probs, -1)
+        u = self.rng.random((probs.shape[0], 1)) * cum[:, -1:]
+        return (cum <= u).sum(-1)  # lands on a token of positive probability, even for u == 0

@@ -11,11 +11,12 @@ class TextStreamer:
         self.token_cache, self.print_len, self.next_is_prompt = [], 0, True
 
     def put(self, value):
-        ids = [int(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
-        if ids and isinstance(ids[0], list):
+        ids = value.tolist() if hasattr(value, "tolist") else list(value)
+        if ids and isinstance(ids[0], (list, tuple)):
             if len(ids) > 1:
                 raise ValueError("TextStreamer streams one sequence; got a batch of %d" % len(ids))
             ids = ids[0]
+        ids = [int(v) for v in ids]
         if self.skip_prompt and self.next_is_prompt:
             self.next_is_prompt = False
             return

@@ -1,4 +1,10 @@
-"""`LlamaTokenizer`: Llama-2 style sentencepiece ``tokenizer.model`` (``vocab_file``), BOS added by default."""
+"""`LlamaTokenizer`: Llama-2 style sentencepiece ``tokenizer.model`` (``vocab_file``), BOS added by default.
+
+Special-token strings in text (``<s>``, ``</s>``, control pieces — as chat templates write them) map to their ids
+instead of being spelled out piece by piece.
+"""
+import re
+
 import sentencepiece as spm
 
 from mindkit.registry import register
@@ -19,6 +25,13 @@ class LlamaTokenizer(Tokenizer):
         self.pad_token_id = self._piece_id(pad_token, self.unk_token_id)
         self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
         self.chat_template = chat_template
+        self.special = {self.sp.id_to_piece(i): i for i in range(self.sp.get_piece_size())
+                        if self.sp.is_control(i) or self.sp.is_unknown(i)}
+        for tid in (self.bos_token_id, self.eos_token_id, self.unk_token_id, self.pad_token_id):
+            if tid is not None and tid >= 0:
+                self.special[self.sp.id_to_piece(tid)] = tid
+        self.special_re = re.compile("(" + "|".join(map(re.escape, sorted(self.special, key=len, reverse=True)))
+                                     + ")")
 
     def _piece_id(self, piece, fallback):
         if piece is None:
@@ -31,7 +44,12 @@ class LlamaTokenizer(Tokenizer):
         return self.sp.get_piece_size()
 
     def encode(self, text, add_special_tokens=True):
-        ids = self.sp.encode(text)
+        ids = []
+        for i, part in enumerate(self.special_re.split(text)):
+            if i % 2:
+                ids.append(self.special[part])
+            elif part:
+                ids.extend(self.sp.encode(part))
         if add_special_tokens:
             if self.add_bos_token and self.bos_token_id is not None and self.bos_token_id >= 0:
                 ids = [self.bos_token_id] + ids
@@ -42,10 +60,17 @@ class LlamaTokenizer(Tokenizer):
     def decode(self, ids, skip_special_tokens=True):
         size = self.sp.get_piece_size()
         ids = [int(i) for i in ids if 0 <= int(i) < size]  # a model's padded vocab may exceed the tokenizer's
+        special = set(self.special.values())
         if skip_special_tokens:
-            special = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
-            ids = [i for i in ids if i not in special and not self.sp.is_control(i)]
-        return self.sp.decode(ids)
+            return self.sp.decode([i for i in ids if i not in special])
+        text, run = [], []
+        for i in ids:  # sentencepiece decodes control pieces to "": spell them out
+            if i in special:
+                text.append(self.sp.decode(run) + self.sp.id_to_piece(i))
+                run = []
+            else:
+                run.append(i)
+        return "".join(text) + self.sp.decode(run)
 
     def id_to_token(self, token_id):
         return None if token_id is None or token_id < 0 else self.sp.id_to_piece(token_id)
