@@ -155,3 +155,13 @@ def test_entrypoint_subprocess_error_has_no_traceback(tmp_path):
                            "--run_mode", "nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: run_mode")
+
+
+def test_compiled_mode_gives_the_same_results(tiny_args, capsys):
+    prompts = ["the cat sat on the mat", "a dog ran", "big red car"]
+    assert run(tiny_args + ["--predict_data", *prompts, "--mode", "1"], capsys)[0] == 0
+    eager = read_results()
+    code, out, err = run(tiny_args + ["--predict_data", *prompts, "--mode", "0"], capsys)
+    assert code == 0, err
+    assert read_results() == eager
+    assert "compiled" in err and "decode" in err

@@ -8,10 +8,10 @@ import dataclasses
 import time
 
 import numpy as np
-from mindspore import Tensor
 
 from mindkit.errors import InputError
 from mindkit.generation.config import GenerationConfig
+from mindkit.generation.model_runner import ModelRunner
 from mindkit.generation.sampling import Sampler
 
 
@@ -33,8 +33,9 @@ class GenerateOutput:
         return self.generated_tokens / self.total_time if self.total_time > 0 else 0.0
 
 
-def generate(model, prompts, gen: GenerationConfig = None, streamer=None, **overrides):
-    """``prompts``: a list of token-id lists (or one list). Returns a GenerateOutput."""
+def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner=None, **overrides):
+    """``prompts``: a list of token-id lists (or one list). ``runner``: a ModelRunner to reuse (its caches and
+    compiled steps); by default an op-by-op one. Returns a GenerateOutput."""
     cfg = model.config
     gen = gen or GenerationConfig.from_model_config(cfg)
     if overrides:
@@ -45,10 +46,12 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, **over
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InputError("prompt", "an empty prompt", "at least one token per prompt")
     lengths = [len(p) for p in prompts]
-    B, P = len(prompts), max(lengths)
-    if P >= cfg.seq_length:
-        raise InputError("prompt", f"{P} tokens", f"fewer than model_config.seq_length ({cfg.seq_length}) tokens")
-    max_new = gen.new_tokens_for(P, cfg.seq_length)
+    if max(lengths) >= cfg.seq_length:
+        raise InputError("prompt", f"{max(lengths)} tokens",
+                         f"fewer than model_config.seq_length ({cfg.seq_length}) tokens")
+    runner = runner or ModelRunner(model)
+    B, P = len(prompts), runner.prompt_slots(max(lengths))
+    max_new = min(gen.new_tokens_for(max(lengths), cfg.seq_length), cfg.seq_length - P)
     if streamer is not None:
         if B != 1:
             raise InputError("streamer", f"a batch of {B}", "one prompt when streaming")
@@ -60,24 +63,23 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, **over
         if streamer is not None:
             streamer.end()
         return GenerateOutput(sequences, lengths, 0, 0.0, 0.0, 0)
-    S = P + max_new
+    S = runner.slots_for(P + max_new)
+    runner.begin(B, S)
     ids = np.full((B, P), gen.pad_token_id, np.int32)
     valid = np.zeros((B, S), np.bool_)
     for b, p in enumerate(prompts):
         ids[b, P - len(p):] = p
         valid[b, P - len(p):P] = True
     positions = np.maximum(np.cumsum(valid[:, :P], axis=1) - 1, 0).astype(np.int32)
-    caches = model.new_cache(B, S)
     sampler = Sampler(gen)
     eos = set(gen.eos_token_id)
     done = np.zeros(B, np.bool_)
     seen = [set(p) for p in prompts] if gen.repetition_penalty != 1.0 else [()] * B
 
-    logits = model(Tensor(ids), Tensor(positions), Tensor(valid), 0, caches)
+    logits = runner.prefill(ids, positions, valid)
     ttft, generated, steps = None, 0, 0
     for step in range(max_new):
-        next_ids = sampler(logits.asnumpy()[:, -1], [np.fromiter(s, np.int64, len(s)) for s in seen]
-                           if gen.repetition_penalty != 1.0 else seen)
+        next_ids = sampler(logits, seen)
         if ttft is None:
             ttft = time.perf_counter() - start_time
         for b in range(B):
@@ -91,7 +93,7 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, **over
                 seen[b].add(tok)
             if tok in eos:
                 done[b] = True
-        if streamer is not None and sequences[0][-1:] and not (done[0] and sequences[0][-1] in eos):
+        if streamer is not None and not done[0]:
             streamer.put([int(next_ids[0])])
         steps += 1
         if done.all() or step == max_new - 1:
@@ -99,7 +101,7 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, **over
         slot = P + step
         valid[:, slot] = True
         pos = (np.asarray(lengths) + step).astype(np.int32).reshape(B, 1)
-        logits = model(Tensor(next_ids.astype(np.int32).reshape(B, 1)), Tensor(pos), Tensor(valid), slot, caches)
+        logits = runner.decode(next_ids.astype(np.int32).reshape(B, 1), pos, valid, slot)
     if streamer is not None:
         streamer.end()
     return GenerateOutput(sequences, lengths, generated, ttft or 0.0, time.perf_counter() - start_time, steps)

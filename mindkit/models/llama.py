@@ -8,6 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindkit.models.kv_cache import KVCache
 from mindkit.models.layers import Embedding, Linear, RMSNorm, apply_rope, ms_dtype, rope_tables
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.registry import register
@@ -50,9 +51,7 @@ class LlamaAttention(nn.Cell):
         q = apply_rope(q.reshape(B, L, self.n_heads, self.hd).transpose(0, 2, 1, 3), cos, sin)
         k = apply_rope(k.reshape(B, L, self.n_kv, self.hd).transpose(0, 2, 1, 3), cos, sin)
         v = v.reshape(B, L, self.n_kv, self.hd).transpose(0, 2, 1, 3)
-        k_cache, v_cache = cache
-        k_cache[:, :, start:start + L] = k.astype(k_cache.dtype)
-        v_cache[:, :, start:start + L] = v.astype(v_cache.dtype)
+        k_cache, v_cache = cache.write(k, v, start)
         S, rep = k_cache.shape[2], self.n_heads // self.n_kv
         q = q.reshape(B, self.n_kv, rep * L, self.hd)
         scores = self.bmm_t(q, k_cache.astype(q.dtype)).astype(self.softmax_dtype) * self.scale
@@ -115,8 +114,8 @@ class LlamaModel(nn.Cell):
     def construct(self, input_ids, positions, key_valid, start, caches):
         B, L = input_ids.shape
         S = key_valid.shape[1]
-        slots = ops.arange(L).reshape(L, 1) + start
-        causal = ops.arange(S).reshape(1, S) <= slots                          # (L, S)
+        slots = ops.arange(L, dtype=ms.int32).reshape(L, 1) + start
+        causal = ops.arange(S, dtype=ms.int32).reshape(1, S) <= slots                         # (L, S)
         allowed = ops.logical_and(causal.reshape(1, L, S), key_valid.reshape(B, 1, S))
         mask = ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
         cos = ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1).astype(self.rotary_dtype)
@@ -139,6 +138,7 @@ class LlamaForCausalLM(nn.Cell):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, config.param_init_type,
                                   config.compute_dtype, split_axis=0)
+        self.tied = config.tie_word_embeddings
         self.head_matmul = ops.MatMul(transpose_b=True)
         self.compute_dtype = ms_dtype(config.compute_dtype)
 
@@ -148,15 +148,13 @@ class LlamaForCausalLM(nn.Cell):
             h = h[:, -1:]
         B, L, H = h.shape
         h = h.reshape(B * L, H).astype(self.compute_dtype)
-        weight = self.model.tok_embeddings.embedding_weight if self.config.tie_word_embeddings else self.lm_head.weight
+        weight = self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
         logits = self.head_matmul(h, weight.astype(self.compute_dtype))
         return logits.astype(ms.float32).reshape(B, L, -1)
 
     def new_cache(self, batch, slots):
         cfg = self.config
-        dtype = ms_dtype(cfg.compute_dtype)
-        shape = (batch, cfg.kv_heads, slots, cfg.head_dim)
-        return [(ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+        return KVCache(cfg.num_layers, batch, cfg.kv_heads, slots, cfg.head_dim, ms_dtype(cfg.compute_dtype))
 
     def forward_full(self, input_ids):
         """Logits for every position of unpadded ``input_ids`` (B, L) numpy/list; used by parity checks and eval."""
@@ -164,4 +162,4 @@ class LlamaForCausalLM(nn.Cell):
         B, L = ids.shape
         positions = Tensor(np.tile(np.arange(L, dtype=np.int32), (B, 1)))
         valid = Tensor(np.ones((B, L), np.bool_))
-        return self(ids, positions, valid, 0, self.new_cache(B, L), last_only=False)
+        return self(ids, positions, valid, 0, self.new_cache(B, L).layers, last_only=False)

@@ -12,6 +12,7 @@ import time
 from mindkit.data.predict_inputs import read_prompts
 from mindkit.errors import InputError
 from mindkit.generation import GenerationConfig, generate
+from mindkit.generation.model_runner import ModelRunner
 from mindkit.registry import register
 from mindkit.runners.build import build_model, build_tokenizer, setup_context
 from mindkit.utils.log import setup_file_logging
@@ -77,11 +78,12 @@ class PredictRunner:
         if tokenizer.eos_token_id is not None and not gen.eos_token_id:
             gen.eos_token_id = (tokenizer.eos_token_id,)
         batch_size = cfg.predict_batch_size or mcfg.batch_size
+        runner = ModelRunner(model, compiled=cfg.context.mode == 0)
         results, texts = [], []
         total_tokens, total_time, ttfts = 0, 0.0, []
         bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
         for start in range(0, len(encoded), batch_size):
-            out = generate(model, encoded[start:start + batch_size], gen)
+            out = generate(model, encoded[start:start + batch_size], gen, runner=runner)
             batch_texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
             results.append({"text_generation_text": batch_texts})
             texts.extend(tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True))
@@ -97,5 +99,8 @@ class PredictRunner:
         logger.info("total time: %.2f s; generated tokens: %d tokens; generate speed: %.2f tokens/s; "
                     "time to first token: %.3f s (mean over %d batches)", total_time, total_tokens, speed,
                     sum(ttfts) / len(ttfts), len(ttfts))
+        if runner.compile_seconds:
+            logger.info("compiled %d graphs (first calls, compile included): %s", len(runner.compile_seconds),
+                        ", ".join(f"{k[0]} {k[1:]}: {v:.1f} s" for k, v in runner.compile_seconds.items()))
         logger.info("results written to %s", os.path.abspath(cfg.save_file))
         return results

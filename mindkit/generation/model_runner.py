@@ -1,0 +1,73 @@
+"""Runs a model's prefill and decode steps on a preallocated KV cache.
+
+Op by op (PyNative, ``context.mode: 1``), or compiled by ``mindspore.jit`` (``context.mode: 0``). A compiled step
+is fixed-shape, so prompts are left-padded to a multiple of ``prompt_bucket`` and caches come in buckets of
+``slot_bucket`` slots; a cache is kept per (batch, slots) with its compiled step, so each prefill length and each
+decode shape compiles once (``compile_seconds`` records the first-call times).
+"""
+import collections
+import time
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn
+
+
+class DecodeStep(nn.Cell):
+    def __init__(self, model, cache):
+        super().__init__(auto_prefix=False)
+        self.model, self.cache = model, cache
+
+    def construct(self, ids, positions, valid, slot):
+        return self.model(ids, positions, valid, slot, self.cache.layers)
+
+
+class ModelRunner:
+    def __init__(self, model, compiled=False, slot_bucket=64, prompt_bucket=32, max_buckets=4):
+        self.model, self.compiled = model, compiled
+        self.slot_bucket, self.max_buckets = slot_bucket, max_buckets
+        self.prompt_bucket = prompt_bucket if compiled else 1
+        self._buckets = collections.OrderedDict()   # (batch, slots) -> [cache, compiled step or None]
+        self.compile_seconds = {}                    # (batch, slots) -> first-call time of the compiled step
+        self.cache = self._step = self._key = None
+
+    def prompt_slots(self, longest):
+        """Prompt width after left padding (a bucket when compiled, so prefill shapes repeat)."""
+        width = -(-longest // self.prompt_bucket) * self.prompt_bucket
+        return longest if width >= self.model.config.seq_length else width
+
+    def slots_for(self, needed):
+        s = -(-needed // self.slot_bucket) * self.slot_bucket
+        return min(s, self.model.config.seq_length)
+
+    def begin(self, batch, slots):
+        key = (batch, slots)
+        if key not in self._buckets:
+            if len(self._buckets) >= self.max_buckets:
+                self._buckets.popitem(last=False)
+            cache = self.model.new_cache(batch, slots)
+            step = ms.jit(DecodeStep(self.model, cache).construct) if self.compiled else None
+            self._buckets[key] = [cache, step]
+        self._buckets.move_to_end(key)
+        self._key = key
+        self.cache, self._step = self._buckets[key]
+
+    def prefill(self, ids, positions, valid):
+        """Write slots [0, P) and return the last position's logits (B, vocab) as numpy."""
+        return self._run(ids, positions, valid, 0, ("prefill",) + ids.shape)
+
+    def decode(self, ids, positions, valid, slot):
+        """Write slot ``slot`` (one token per row) and return its logits (B, vocab) as numpy."""
+        return self._run(ids, positions, valid, Tensor(np.int32(slot)) if self._step else int(slot),
+                         ("decode",) + self._key)
+
+    def _run(self, ids, positions, valid, start, shape_key):
+        args = (Tensor(ids), Tensor(positions), Tensor(valid), start)
+        if self._step is None:
+            return self.model(*args, self.cache.layers).asnumpy()[:, -1]
+        key = shape_key + (self._key[1],)
+        t0 = time.perf_counter()
+        logits = self._step(*args).asnumpy()[:, -1]
+        if key not in self.compile_seconds:
+            self.compile_seconds[key] = time.perf_counter() - t0
+        return logits
