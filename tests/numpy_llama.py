@@ -1,8 +1,9 @@
 """An independent Llama forward in plain NumPy, written from the math (no mindkit code), for parity tests.
 
-``weights`` uses MindFormers names (``model.tok_embeddings.embedding_weight``, ``model.layers.{i}.attention.wq.weight``,
-..., ``model.norm_out.weight``, optional ``lm_head.weight``: without it the embedding is the LM head). Linear weights are
-(out, in). Activations are computed in ``dtype`` (float64 by default; weights of another dtype are upcast by NumPy).
+``weights`` uses MindFormers names (``model.tok_embeddings.embedding_weight``,
+``model.layers.{i}.attention.wq.weight``, ..., ``model.norm_out.weight``, optional ``lm_head.weight``: without it the
+embedding is the LM head). Linear weights are (out, in). Activations are computed in ``dtype`` (float64 by default;
+float32 weights are upcast by NumPy).
 
 ``rope="half"`` rotates pairs (i, i + hd/2) (MindFormers/HuggingFace); ``rope="adjacent"`` rotates pairs (2i, 2i+1),
 which is what llama.cpp's permuted GGUF Q/K rows expect.

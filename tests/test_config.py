@@ -124,9 +124,14 @@ def test_unknown_top_level_and_model_keys_are_kept_with_a_warning(caplog):
     tree = load_yaml(TINY_CONFIG)
     tree["my_extra"] = {"x": 1}
     tree["model"]["model_config"]["use_rope_slice"] = True
-    with caplog.at_level(logging.WARNING, logger="mindkit"):
-        cfg = MindkitConfig.from_dict(tree)
-        mcfg = build_model_config(cfg)
+    logger = logging.getLogger("mindkit")  # the CLI stops propagation to the root logger: listen on ours
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mindkit"):
+            cfg = MindkitConfig.from_dict(tree)
+            mcfg = build_model_config(cfg)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert cfg.extras == {"my_extra": {"x": 1}} and mcfg.extras == {"use_rope_slice": True}
     assert "my_extra" in caplog.text and "use_rope_slice" in caplog.text
 

@@ -52,7 +52,11 @@ def read_gguf_state(path):
 def gguf_model_config(path):
     """LlamaConfig values recorded in a GGUF's metadata (used to check or fill a config)."""
     r = open_gguf(path)
-    get = lambda k: metadata(r, "llama." + k)  # noqa: E731
+
+    def get(key):
+        value = metadata(r, "llama." + key)
+        return float(str(np.float32(value))) if isinstance(value, float) else value  # float32 1e-5, not 9.99e-6
+
     names = {t.name for t in r.tensors}
     return {"num_layers": get("block_count"), "hidden_size": get("embedding_length"),
             "num_heads": get("attention.head_count"), "n_kv_heads": get("attention.head_count_kv"),

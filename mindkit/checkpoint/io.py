@@ -68,8 +68,14 @@ def load_weights(model, path, key="load_checkpoint"):
     state = read_state(path, key)
     expected = model_shapes(model)
     state = match_layout(state, expected, model.config.kv_heads)
-    if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in expected:
-        state.pop("lm_head.weight", None)  # a tied model's head is its embedding
+    embedding = "model.tok_embeddings.embedding_weight"
+    if "lm_head.weight" in state and "lm_head.weight" not in expected and embedding in state:
+        # a tied model's head is its embedding; a checkpoint may still carry the (identical) copy
+        if not np.array_equal(state["lm_head.weight"], state[embedding]):
+            raise CheckpointError(f"{path}: parameter lm_head.weight", "a head different from the embedding",
+                                  "no separate lm_head in a model with tie_word_embeddings: True",
+                                  hint="set model.model_config.tie_word_embeddings: False")
+        del state["lm_head.weight"]
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing:

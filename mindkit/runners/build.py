@@ -7,6 +7,7 @@ import numpy as np
 from mindkit import registry
 from mindkit.checkpoint import load_weights
 from mindkit.errors import ConfigError
+from mindkit.models.layers import no_random_init
 from mindkit.utils.paths import resolve_path
 
 logger = logging.getLogger("mindkit")
@@ -24,6 +25,7 @@ def setup_context(config):
         ms.set_context(runtime_num_threads=ctx.runtime_num_threads)
     # Op-by-op (mode 1) dispatch on CPU is ~9x faster with blocking launches, which make compiled graphs (mode 0)
     # ~3x slower (measured, ../shared/REAL_MODEL.md); mode 0 compiles prefill and decode, so it does without.
+    # launch_blocking() silently does nothing once any op has run: this must come before the first op.
     if ctx.device_target == "CPU" and ctx.mode == 1:
         ms.runtime.launch_blocking()
     ms.set_seed(config.seed)
@@ -75,8 +77,11 @@ def build_model(config, load=True):
     arch = config.model.get("arch") or {"type": "LlamaForCausalLM"}
     model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
     path, key = checkpoint_path(config, model_config) if load else (None, None)
-    model = model_cls(model_config)
     if load:
+        with no_random_init():
+            model = model_cls(model_config)
         load_weights(model, path, key)
+    else:
+        model = model_cls(model_config)
     model.set_train(False)
     return model
