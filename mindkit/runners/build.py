@@ -23,6 +23,8 @@ def setup_context(config):
                           hint=str(e).splitlines()[0][:160]) from None
     if ctx.runtime_num_threads:
         ms.set_context(runtime_num_threads=ctx.runtime_num_threads)
+    if ctx.enable_compile_cache:
+        ms.set_context(enable_compile_cache=True, compile_cache_path=ctx.compile_cache_path)
     # Op-by-op (mode 1) dispatch on CPU is ~9x faster with blocking launches, which make compiled graphs (mode 0)
     # ~3x slower (measured, ../shared/REAL_MODEL.md); mode 0 compiles prefill and decode, so it does without.
     # launch_blocking() silently does nothing once any op has run: this must come before the first op.
@@ -32,12 +34,11 @@ def setup_context(config):
     np.random.seed(config.seed)
 
 
-def build_tokenizer(config):
-    processor = config.section("processor")
-    section = processor.get("tokenizer")
-    if not section:
-        raise ConfigError("processor.tokenizer", section, "a tokenizer section with a 'type'")
-    return registry.build("tokenizer", section, key="processor.tokenizer")
+def build_processor(config):
+    """The ``processor`` section (default type ``TextProcessor``) with its tokenizer."""
+    section = dict(config.section("processor"))
+    section.setdefault("type", "TextProcessor")
+    return registry.build("processor", section, key="processor")
 
 
 def build_model_config(config):

@@ -10,11 +10,10 @@ import sys
 import time
 
 from mindkit.data.predict_inputs import read_prompts
-from mindkit.errors import InputError
 from mindkit.generation import GenerationConfig, generate
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.registry import register
-from mindkit.runners.build import build_model, build_tokenizer, setup_context
+from mindkit.runners.build import build_model, build_processor, setup_context
 from mindkit.utils.log import setup_file_logging
 
 logger = logging.getLogger("mindkit")
@@ -45,35 +44,18 @@ class PredictRunner:
     def __init__(self, config):
         self.config = config
 
-    def encode_prompts(self, tokenizer, prompts, seq_length):
-        processor = self.config.section("processor")
-        chat = processor.get("use_chat_template", False)
-        system = processor.get("system_prompt")
-        encoded = []
-        for i, text in enumerate(prompts):
-            if chat:
-                messages = ([{"role": "system", "content": system}] if system else []) + \
-                           [{"role": "user", "content": text}]
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-            else:
-                ids = tokenizer.encode(text)
-            if len(ids) >= seq_length:
-                raise InputError(f"predict_data[{i}]", f"{len(ids)} tokens",
-                                 f"fewer than model.model_config.seq_length ({seq_length}) tokens")
-            encoded.append(ids)
-        return encoded
-
     def run(self):
         cfg = self.config
         setup_file_logging(cfg.output_dir)
         prompts = read_prompts(cfg.input_data)
         setup_context(cfg)
-        tokenizer = build_tokenizer(cfg)
+        processor = build_processor(cfg)
+        tokenizer = processor.tokenizer
         t0 = time.perf_counter()
         model = build_model(cfg)
         logger.info("model built and weights loaded in %.1f s", time.perf_counter() - t0)
         mcfg = model.config
-        encoded = self.encode_prompts(tokenizer, prompts, mcfg.seq_length)
+        encoded = processor.encode(prompts, mcfg.seq_length)
         gen = GenerationConfig.from_model_config(mcfg, seed=cfg.seed)
         if tokenizer.eos_token_id is not None and not gen.eos_token_id:
             gen.eos_token_id = (tokenizer.eos_token_id,)

@@ -1,5 +1,6 @@
 from mindkit.tokenizers.base import Tokenizer
 from mindkit.tokenizers.gguf_tokenizer import GGUFTokenizer
 from mindkit.tokenizers.llama_tokenizer import LlamaTokenizer
+from mindkit.tokenizers.processor import TextProcessor
 
-__all__ = ["Tokenizer", "GGUFTokenizer", "LlamaTokenizer"]
+__all__ = ["Tokenizer", "GGUFTokenizer", "LlamaTokenizer", "TextProcessor"]
