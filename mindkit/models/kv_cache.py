@@ -7,6 +7,8 @@ and slots past it are masked.
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 
+from mindkit.models.layers import cast
+
 _counter = [0]
 
 
@@ -21,11 +23,11 @@ class LayerKV(nn.Cell):
         one token is written by a compiled step."""
         if isinstance(start, int):
             L = k.shape[2]
-            self.k[:, :, start:start + L] = k.astype(self.k.dtype)
-            self.v[:, :, start:start + L] = v.astype(self.v.dtype)
+            self.k[:, :, start:start + L] = cast(k, self.k.dtype)
+            self.v[:, :, start:start + L] = cast(v, self.v.dtype)
         else:
-            self.k[:, :, start] = k[:, :, 0].astype(self.k.dtype)
-            self.v[:, :, start] = v[:, :, 0].astype(self.v.dtype)
+            self.k[:, :, start] = cast(k[:, :, 0], self.k.dtype)
+            self.v[:, :, start] = cast(v[:, :, 0], self.v.dtype)
         return self.k, self.v
 
 

