@@ -113,7 +113,7 @@ def config_from_args(argv):
 
 
 def main(argv=None):
-    from mindkit.utils.log import setup_console_logging
+    from mindkit.utils.log import log_to_files, setup_console_logging
     setup_console_logging()
     try:
         config, args = config_from_args(sys.argv[1:] if argv is None else argv)
@@ -122,11 +122,17 @@ def main(argv=None):
         runner_cls = registry.get("runner", config.run_mode, key="run_mode")
         runner_cls(config).run()
     except MindkitError as e:
+        log_to_files(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours: one line for the user, the traceback in error.log
+        where = log_to_files(f"internal error: {type(e).__name__}: {e}", exc_info=True)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        print(f"error: internal error {type(e).__name__}: {first} (traceback in {where})", file=sys.stderr)
+        return 1
     return 0
 
 

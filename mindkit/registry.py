@@ -63,6 +63,8 @@ def load_register_path(path):
         return
     if not os.path.exists(path):
         raise ConfigError("register_path", path, "an existing .py file or folder")
+    if os.path.isfile(path) and not path.endswith(".py"):
+        raise ConfigError("register_path", path, "a .py file or a folder of them")
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
     if os.path.isdir(path):
@@ -72,7 +74,12 @@ def load_register_path(path):
         spec = importlib.util.spec_from_file_location(name, f)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # the user's code: report it as theirs, in one line
+            del sys.modules[name]
+            raise ConfigError("register_path", f, "a module that imports cleanly",
+                              hint=f"{type(e).__name__}: {e}") from None
 
 
 _loaded = False

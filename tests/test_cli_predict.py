@@ -165,3 +165,63 @@ def test_compiled_mode_gives_the_same_results(tiny_args, capsys):
     assert code == 0, err
     assert read_results() == eager
     assert "compiled" in err and "decode" in err
+
+
+@pytest.mark.parametrize("case", ["prompt_not_utf8", "yaml_not_utf8", "base_config_type", "arch_not_mapping",
+                                  "vocab_not_sentencepiece", "vocab_not_gguf", "chat_template_syntax",
+                                  "register_path_not_py", "register_path_import_error", "save_file_folder_missing",
+                                  "use_parallel", "only_save_strategy", "auto_trans_ckpt", "top_p_out_of_range"])
+def test_more_bad_inputs_get_one_line(case, tiny_args, capsys, tmp_path):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\xff\xfe\x00not text")
+    args = tiny_args + ["--predict_data", "the cat"]
+    needle = {
+        "prompt_not_utf8": (["--predict_data", str(bad)], "UTF-8"),
+        "yaml_not_utf8": (["--config", str(bad)], "UTF-8"),
+        "base_config_type": (["--config", str(_yaml(tmp_path, "base_config: 5\n"))], "base_config"),
+        "arch_not_mapping": (["--model.arch=abc"], "model.arch"),
+        "vocab_not_sentencepiece": ([f"--processor.tokenizer.vocab_file={bad}"], "sentencepiece"),
+        "vocab_not_gguf": ([f"--processor.tokenizer.vocab_file={bad}", "--processor.tokenizer.type=GGUFTokenizer"],
+                           "GGUF"),
+        "chat_template_syntax": (["--options", "processor.use_chat_template=True",
+                                  "processor.tokenizer.chat_template={% for %}"], "chat_template"),
+        "register_path_not_py": (["--register_path", str(bad)], "register_path"),
+        "register_path_import_error": (["--register_path", str(_yaml(tmp_path, "import no_such_module_x\n",
+                                                                     "plugin.py"))], "no_such_module_x"),
+        "save_file_folder_missing": (["--options", f"save_file={tmp_path}/no/such/dir/out.txt"], "save_file"),
+        "use_parallel": (["--use_parallel", "True"], "use_parallel"),
+        "only_save_strategy": (["--only_save_strategy", "True"], "only_save_strategy"),
+        "auto_trans_ckpt": (["--auto_trans_ckpt", "True"], "auto_trans_ckpt"),
+        "top_p_out_of_range": (["--model.model_config.top_p=1.5"], "model.model_config.top_p"),
+    }[case]
+    assert_one_line_error(*run(args + needle[0], capsys)[::2], needle[1])
+
+
+def _yaml(folder, text, name="bad.yaml"):
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_internal_error_is_one_line_with_traceback_in_error_log(tiny_args, capsys, tmp_path):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(
+        "from mindkit.registry import register\n"
+        "from mindkit.tokenizers import LlamaTokenizer\n"
+        "@register('tokenizer')\n"
+        "class BrokenTokenizer(LlamaTokenizer):\n"
+        "    def decode(self, ids, skip_special_tokens=True):\n"
+        "        raise RuntimeError('boom in decode')\n")
+    code, out, err = run(tiny_args + ["--predict_data", "the cat", "--register_path", str(plugin),
+                                      "--processor.tokenizer.type=BrokenTokenizer"], capsys)
+    assert_one_line_error(code, err, "internal error RuntimeError: boom in decode", "error.log")
+    log = (tmp_path / "output" / "log" / "rank_0" / "error.log").read_text()
+    assert "Traceback" in log and "boom in decode" in log
+
+
+def test_use_past_false_recomputes_and_agrees(tiny_args, capsys):
+    prompts = ["the cat sat on the mat", "a dog"]
+    assert run(tiny_args + ["--predict_data", *prompts], capsys)[0] == 0
+    with_cache = read_results()
+    assert run(tiny_args + ["--predict_data", *prompts, "--model.model_config.use_past=False"], capsys)[0] == 0
+    assert read_results() == with_cache

@@ -3,7 +3,6 @@ lengths and EOS are honoured per row, streamers see the tokens."""
 import io
 
 import mindspore as ms
-import numpy as np
 import pytest
 
 from mindkit.errors import InputError
@@ -98,3 +97,26 @@ def test_streamers_receive_the_generated_text(model):
 def test_generation_config_from_model_config(model):
     gen = GenerationConfig.from_model_config(model.config, top_k=5)
     assert gen.top_k == 5 and gen.eos_token_id == (2,) and gen.max_length == model.config.max_decode_length
+
+
+def test_compiled_buckets_never_cut_the_answer_short(model, compiled):
+    """Near seq_length (96) a bucketed prompt (40 -> 48) would leave 48 slots, not 56: pad exactly instead."""
+    prompt = [[9] * 40]
+    eager = generate(model, prompt, max_new_tokens=100, eos_token_id=())
+    fast = generate(model, prompt, max_new_tokens=100, eos_token_id=(), runner=compiled)
+    assert len(eager.new_tokens[0]) == 96 - 40
+    assert fast.sequences == eager.sequences
+
+
+def test_use_past_false_equals_cached_decoding():
+    cfg = LlamaConfig.from_dict(dict(hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2, vocab_size=96,
+                                     seq_length=64, compute_dtype="float32", param_init_type="float32",
+                                     use_past=False))
+    ms.set_seed(2)
+    no_cache = LlamaForCausalLM(cfg)
+    with_cache = LlamaForCausalLM(LlamaConfig.from_dict({**cfg.to_dict(), "use_past": True}))
+    for a, b in zip(with_cache.get_parameters(), no_cache.get_parameters()):
+        a.set_data(b.data)
+    kw = dict(max_new_tokens=10, eos_token_id=())
+    assert generate(no_cache, PROMPTS, **kw).sequences == generate(with_cache, PROMPTS, **kw).sequences
+    assert not ModelRunner(no_cache, compiled=True).compiled

@@ -39,3 +39,13 @@ def test_prompt_file_in_batches_with_progress(tmp_path):
     assert [len(r["text_generation_text"]) for r in results] == [2, 2, 1]
     assert "5/5 prompts" in proc.stderr
     assert "Bonjour" in proc.stdout
+
+
+def test_config_disagreeing_with_the_gguf_is_named(tmp_path):
+    """theta and head counts leave no trace in weight shapes: they are checked against the GGUF metadata."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_mindformer.py"), "--config",
+                           os.path.join(REPO, "configs/smollm2/predict_smollm2_135m.yaml"), "--predict_data", "hi",
+                           "--model.model_config.theta=10000.0"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: model.model_config.theta: got 10000.0; expected 100000.0 as recorded in" in proc.stderr

@@ -5,6 +5,7 @@ rotate-half RoPE MindFormers and HuggingFace use.
 """
 import numpy as np
 
+from mindkit.errors import CheckpointError
 from mindkit.utils.gguf_file import metadata, open_gguf
 
 _LAYER_NAMES = {
@@ -29,10 +30,14 @@ def mindformers_name(gguf_name):
     return None
 
 
-def read_gguf_state(path):
+def read_gguf_state(path, key="load_checkpoint"):
     from gguf.quants import dequantize
-    reader = open_gguf(path)
+    reader = open_gguf(path, key)
+    arch = metadata(reader, "general.architecture")
     n_head = metadata(reader, "llama.attention.head_count")
+    if arch != "llama" or n_head is None:
+        raise CheckpointError(key, path, "a GGUF of a Llama-architecture model (general.architecture = llama)",
+                              hint=f"found {arch!r}")
     n_kv = metadata(reader, "llama.attention.head_count_kv", n_head)
     state = {}
     for t in reader.tensors:
@@ -40,7 +45,12 @@ def read_gguf_state(path):
         if name is None:
             state[t.name] = None  # reported as an unexpected parameter by the loader
             continue
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(tuple(reversed(t.shape.tolist())))
+        try:
+            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        except NotImplementedError:
+            raise CheckpointError(f"{path}: tensor {t.name}", t.tensor_type.name,
+                                  "a quantization type the gguf package can dequantize") from None
+        w = w.reshape(tuple(reversed(t.shape.tolist())))
         if name.endswith("attention.wq.weight"):
             w = unpermute(w, n_head)
         elif name.endswith("attention.wk.weight"):
@@ -49,9 +59,9 @@ def read_gguf_state(path):
     return state
 
 
-def gguf_model_config(path):
-    """LlamaConfig values recorded in a GGUF's metadata (used to check or fill a config)."""
-    r = open_gguf(path)
+def gguf_model_config(path, key="load_checkpoint"):
+    """LlamaConfig values recorded in a GGUF's metadata (the loader checks a config against them)."""
+    r = open_gguf(path, key)
 
     def get(key):
         value = metadata(r, "llama." + key)

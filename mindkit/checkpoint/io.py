@@ -37,10 +37,10 @@ def _to_numpy(value):
 def read_state(path, key="load_checkpoint"):
     """name → numpy array (bfloat16 is widened to float32, exactly)."""
     path = resolve_checkpoint_file(path, key)
+    if path.endswith(".gguf"):
+        from mindkit.checkpoint.gguf_weights import read_gguf_state
+        return read_gguf_state(path, key)
     try:
-        if path.endswith(".gguf"):
-            from mindkit.checkpoint.gguf_weights import read_gguf_state
-            return read_gguf_state(path)
         fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
         params = ms.load_checkpoint(path, format=fmt)
     except (ValueError, RuntimeError, OSError) as e:
@@ -62,9 +62,25 @@ def model_shapes(model):
     return {p.name: tuple(p.shape) for p in model.get_parameters()}
 
 
+# Hyperparameters that do not show in any weight's shape, checked against a GGUF's metadata.
+GGUF_CHECKED = ("num_heads", "n_kv_heads", "theta", "rms_norm_eps")
+
+
+def check_against_gguf(config, path, key):
+    from mindkit.checkpoint.gguf_weights import gguf_model_config
+    recorded = gguf_model_config(path, key)
+    for name in GGUF_CHECKED:
+        ours = config.kv_heads if name == "n_kv_heads" else getattr(config, name)
+        theirs = recorded[name]
+        if theirs is not None and not np.isclose(float(ours), float(theirs), rtol=1e-6):
+            raise CheckpointError(f"model.model_config.{name}", ours, f"{theirs} as recorded in {path}")
+
+
 def load_weights(model, path, key="load_checkpoint"):
     """Load ``path`` into ``model``; returns the resolved file. Raises CheckpointError naming any mismatch."""
     path = resolve_checkpoint_file(path, key)
+    if path.endswith(".gguf"):
+        check_against_gguf(model.config, path, key)
     state = read_state(path, key)
     expected = model_shapes(model)
     state = match_layout(state, expected, model.config.kv_heads)

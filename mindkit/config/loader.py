@@ -31,6 +31,8 @@ def load_yaml(path, _seen=()):
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError("config", path, "a UTF-8 YAML file", hint=f"byte {e.start} is not UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -40,8 +42,11 @@ def load_yaml(path, _seen=()):
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}", type(data).__name__, "a YAML mapping at the top level")
     bases = data.pop("base_config", None) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"base_config ({path})", bases, "a path or a list of paths")
     merged = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
         merged = deep_merge(merged, load_yaml(base_path, _seen + (real,)))
     return deep_merge(merged, data)

@@ -59,6 +59,12 @@ def check_choice(key, value, choices):
     return value
 
 
+def warn_unused(key, kwargs):
+    """Keys a class accepts for MindFormers compatibility but does not use: say so (a typo shows up here)."""
+    if kwargs:
+        logger.warning("%s: ignoring keys mindkit does not use: %s", key, ", ".join(sorted(kwargs)))
+
+
 def join_key(section, name):
     return f"{section}.{name}" if section else name
 
@@ -66,7 +72,7 @@ def join_key(section, name):
 def check_positive(section, *names):
     for name in names:
         value = getattr(section, name)
-        if value is not None and value < 1:
+        if value is not None and value < 1:  # None: unset
             raise ConfigError(join_key(section._key, name), value, "an integer >= 1")
 
 
@@ -98,8 +104,7 @@ class Section:
                 extras[name] = value
                 continue
             kwargs[name] = check_type(join_key(key, name), value, hints[name])
-        if extras:
-            logger.warning("%s: keeping keys mindkit does not use: %s", key or "config", ", ".join(sorted(extras)))
+        warn_unused(key or "config", extras)
         obj = cls(**kwargs, extras=extras, _key=key)
         obj.validate()
         return obj

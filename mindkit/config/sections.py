@@ -42,7 +42,7 @@ class ContextConfig(Section):
     enable_graph_kernel: bool = False
     graph_kernel_flags: Optional[str] = None
     enable_compile_cache: bool = False        # keep compiled graphs (mode 0) on disk across runs
-    compile_cache_path: str = "./output/compile_cache"
+    compile_cache_path: Optional[str] = None  # default: {output_dir}/compile_cache
 
     def validate(self):
         check_choice(f"{self._key}.mode", self.mode, (0, 1))

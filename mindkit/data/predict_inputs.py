@@ -11,8 +11,11 @@ def read_prompts(input_data, key="predict_data"):
     items = [input_data] if isinstance(input_data, str) else list(input_data)
     if len(items) == 1 and isinstance(items[0], str) and os.path.isfile(items[0]):
         path = items[0]
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.rstrip("\r\n").replace("\\n", "\n") for line in f]
+        try:
+            with open(path, encoding="utf-8") as f:
+                prompts = [line.rstrip("\r\n").replace("\\n", "\n") for line in f]
+        except UnicodeDecodeError as e:
+            raise InputError(key, path, "a UTF-8 text file", hint=f"byte {e.start} is not UTF-8") from None
         prompts = [p for p in prompts if p.strip()]
         if not prompts:
             raise InputError(key, path, "a file with at least one non-empty line")

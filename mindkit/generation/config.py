@@ -23,6 +23,8 @@ class GenerationConfig:
         if isinstance(self.eos_token_id, int):
             self.eos_token_id = (self.eos_token_id,)
         self.eos_token_id = tuple(self.eos_token_id or ())
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in self.eos_token_id):
+            raise ConfigError("eos_token_id", self.eos_token_id, "token ids (ints >= 0)")
         if self.temperature <= 0 and self.do_sample:
             raise ConfigError("temperature", self.temperature, "a number > 0 when do_sample is True")
         if not 0 < self.top_p <= 1:

@@ -50,8 +50,9 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner
         raise InputError("prompt", f"{max(lengths)} tokens",
                          f"fewer than model_config.seq_length ({cfg.seq_length}) tokens")
     runner = runner or ModelRunner(model)
-    B, P = len(prompts), runner.prompt_slots(max(lengths))
-    max_new = min(gen.new_tokens_for(max(lengths), cfg.seq_length), cfg.seq_length - P)
+    B, longest = len(prompts), max(lengths)
+    max_new = gen.new_tokens_for(longest, cfg.seq_length)
+    P = runner.prompt_slots(longest, max_new)
     if streamer is not None:
         if B != 1:
             raise InputError("streamer", f"a batch of {B}", "one prompt when streaming")
@@ -65,18 +66,20 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner
         return GenerateOutput(sequences, lengths, 0, 0.0, 0.0, 0)
     S = runner.slots_for(P + max_new)
     runner.begin(B, S)
-    ids = np.full((B, P), gen.pad_token_id, np.int32)
+    # The whole left-padded sequence: token ids, RoPE positions, and which slots hold real tokens.
+    ids = np.full((B, S), gen.pad_token_id, np.int32)
     valid = np.zeros((B, S), np.bool_)
     for b, p in enumerate(prompts):
-        ids[b, P - len(p):] = p
+        ids[b, P - len(p):P] = p
         valid[b, P - len(p):P] = True
-    positions = np.maximum(np.cumsum(valid[:, :P], axis=1) - 1, 0).astype(np.int32)
+    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+    positions[:, P:] = np.asarray(lengths, np.int32)[:, None] + np.arange(S - P, dtype=np.int32)
     sampler = Sampler(gen)
     eos = set(gen.eos_token_id)
     done = np.zeros(B, np.bool_)
     seen = [set(p) for p in prompts] if gen.repetition_penalty != 1.0 else [()] * B
 
-    logits = runner.prefill(ids, positions, valid)
+    logits = runner.prefill(ids[:, :P], positions[:, :P], valid)
     ttft, generated, steps = None, 0, 0
     for step in range(max_new):
         next_ids = sampler(logits, seen)
@@ -99,9 +102,11 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner
         if done.all() or step == max_new - 1:
             break
         slot = P + step
-        valid[:, slot] = True
-        pos = (np.asarray(lengths) + step).astype(np.int32).reshape(B, 1)
-        logits = runner.decode(next_ids.astype(np.int32).reshape(B, 1), pos, valid, slot)
+        ids[:, slot], valid[:, slot] = next_ids, True
+        if cfg.use_past:
+            logits = runner.decode(ids[:, slot:slot + 1], positions[:, slot:slot + 1], valid, slot)
+        else:  # MindFormers' use_past: False: no cache, the whole sequence again
+            logits = runner.prefill(ids[:, :slot + 1], positions[:, :slot + 1], valid)
     if streamer is not None:
         streamer.end()
     return GenerateOutput(sequences, lengths, generated, ttft or 0.0, time.perf_counter() - start_time, steps)

@@ -3,7 +3,8 @@
 Op by op (PyNative, ``context.mode: 1``), or compiled by ``mindspore.jit`` (``context.mode: 0``). A compiled step
 is fixed-shape, so prompts are left-padded to a multiple of ``prompt_bucket`` and caches come in buckets of
 ``slot_bucket`` slots; a cache is kept per (batch, slots) with its compiled step, so each prefill length and each
-decode shape compiles once (``compile_seconds`` records the first-call times).
+decode shape compiles once while its bucket is kept (the ``max_buckets`` most recent); ``compile_seconds`` records
+each shape's first-call time.
 """
 import collections
 import time
@@ -11,6 +12,8 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
+
+from mindkit.generation.kv_cache import KVCache
 
 
 class DecodeStep(nn.Cell):
@@ -24,6 +27,7 @@ class DecodeStep(nn.Cell):
 
 class ModelRunner:
     def __init__(self, model, compiled=False, slot_bucket=64, prompt_bucket=32, max_buckets=4):
+        compiled = compiled and model.config.use_past  # without a cache every step has a new shape
         self.model, self.compiled = model, compiled
         self.slot_bucket, self.max_buckets = slot_bucket, max_buckets
         self.prompt_bucket = prompt_bucket if compiled else 1
@@ -31,10 +35,11 @@ class ModelRunner:
         self.compile_seconds = {}                    # (batch, slots) -> first-call time of the compiled step
         self.cache = self._step = self._key = None
 
-    def prompt_slots(self, longest):
-        """Prompt width after left padding (a bucket when compiled, so prefill shapes repeat)."""
+    def prompt_slots(self, longest, new_tokens):
+        """Prompt width after left padding: a bucket when compiled, so prefill shapes repeat, unless the bucket
+        would cut into the ``new_tokens`` to generate within ``seq_length``."""
         width = -(-longest // self.prompt_bucket) * self.prompt_bucket
-        return longest if width >= self.model.config.seq_length else width
+        return longest if width + new_tokens > self.model.config.seq_length else width
 
     def slots_for(self, needed):
         s = -(-needed // self.slot_bucket) * self.slot_bucket
@@ -45,7 +50,7 @@ class ModelRunner:
         if key not in self._buckets:
             if len(self._buckets) >= self.max_buckets:
                 self._buckets.popitem(last=False)
-            cache = self.model.new_cache(batch, slots)
+            cache = KVCache.for_model(self.model.config, batch, slots)
             step = ms.jit(DecodeStep(self.model, cache).construct) if self.compiled else None
             self._buckets[key] = [cache, step]
         self._buckets.move_to_end(key)
@@ -54,12 +59,13 @@ class ModelRunner:
 
     def prefill(self, ids, positions, valid):
         """Write slots [0, P) and return the last position's logits (B, vocab) as numpy."""
-        return self._run(ids, positions, valid, 0, ("prefill",) + ids.shape)
+        return self._run(np.ascontiguousarray(ids), np.ascontiguousarray(positions), valid, 0,
+                         ("prefill",) + ids.shape)
 
     def decode(self, ids, positions, valid, slot):
         """Write slot ``slot`` (one token per row) and return its logits (B, vocab) as numpy."""
-        return self._run(ids, positions, valid, Tensor(np.int32(slot)) if self._step else int(slot),
-                         ("decode",) + self._key)
+        return self._run(np.ascontiguousarray(ids), np.ascontiguousarray(positions), valid,
+                         Tensor(np.int32(slot)) if self._step else int(slot), ("decode",) + self._key)
 
     def _run(self, ids, positions, valid, start, shape_key):
         args = (Tensor(ids), Tensor(positions), Tensor(valid), start)

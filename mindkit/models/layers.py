@@ -1,8 +1,8 @@
 """Building blocks in plain MindSpore ops (no fused Ascend kernels), so the same model runs on CPU, GPU and Ascend.
 
-Each weight-holding layer declares how tensor parallelism splits its weight (``split_axis`` of the *full* weight:
-0 = split the output rows, 1 = split the input columns, None = replicated). Sharding weights, writing strategy files
-and transforming checkpoints all read this one declaration.
+Each weight-holding layer declares, here and only here, how tensor parallelism splits its weight (``split_axis`` of
+the *full* weight: 0 = split the output rows, 1 = split the input columns, None = replicated); weight sharding,
+strategy files and checkpoint transforms are to be derived from it.
 """
 import contextlib
 

@@ -8,7 +8,6 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindkit.models.kv_cache import KVCache
 from mindkit.models.layers import Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.registry import register
@@ -151,14 +150,11 @@ class LlamaForCausalLM(nn.Cell):
         logits = self.head_matmul(h, cast(weight, self.compute_dtype))
         return cast(logits, ms.float32).reshape(B, L, -1)
 
-    def new_cache(self, batch, slots):
-        cfg = self.config
-        return KVCache(cfg.num_layers, batch, cfg.kv_heads, slots, cfg.head_dim, ms_dtype(cfg.compute_dtype))
-
     def forward_full(self, input_ids):
         """Logits for every position of unpadded ``input_ids`` (B, L) numpy/list; used by parity checks and eval."""
         ids = Tensor(np.asarray(input_ids, np.int32))
         B, L = ids.shape
         positions = Tensor(np.tile(np.arange(L, dtype=np.int32), (B, 1)))
         valid = Tensor(np.ones((B, L), np.bool_))
-        return self(ids, positions, valid, 0, self.new_cache(B, L).layers, last_only=False)
+        from mindkit.generation.kv_cache import KVCache
+        return self(ids, positions, valid, 0, KVCache.for_model(self.config, B, L).layers, last_only=False)

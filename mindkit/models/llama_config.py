@@ -1,12 +1,18 @@
-"""`LlamaConfig`: MindFormers' ``model.model_config`` keys for the Llama family (Llama 2, SmolLM2, ...)."""
+"""`LlamaConfig`: MindFormers' ``model.model_config`` keys for the Llama family (Llama 2, SmolLM2, ...).
+
+Accepted for compatibility but without effect in mindkit's plain-op model: ``use_flash_attention``, ``block_size``,
+``num_blocks``, ``is_dynamic`` (Ascend kernel and paged-attention switches), ``checkpoint_name_or_path`` as a model
+*name* (nothing is downloaded; a path works like ``load_checkpoint``).
+"""
 import dataclasses
 from typing import Optional, Union
 
-from mindkit.config.schema import Section, check_choice, check_positive
+from mindkit.config.schema import Section, check_choice, check_positive, join_key
 from mindkit.errors import ConfigError
+from mindkit.generation.config import GenerationConfig
 from mindkit.registry import register
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16")   # names; mindkit.models.layers maps them to MindSpore types
 
 
 @register("config")
@@ -33,7 +39,7 @@ class LlamaConfig(Section):
     softmax_compute_type: str = "float32"
     rotary_dtype: str = "float32"
     param_init_type: str = "float16"
-    use_past: bool = True
+    use_past: bool = True                    # False: no KV cache, the whole sequence is recomputed each step
     use_flash_attention: bool = False
     block_size: int = 16
     num_blocks: int = 512
@@ -49,21 +55,28 @@ class LlamaConfig(Section):
     top_p: float = 1.0
     temperature: float = 1.0
     repetition_penalty: float = 1.0
-    init_seed: int = 42
 
     def validate(self):
         k = self._key
         check_positive(self, "seq_length", "hidden_size", "num_layers", "num_heads", "vocab_size", "multiple_of",
-                       "max_decode_length", "batch_size")
+                       "max_decode_length", "batch_size", "n_kv_heads", "intermediate_size", "max_new_tokens")
+        try:  # the generation defaults kept here must make a valid GenerationConfig
+            GenerationConfig.from_model_config(self)
+        except ConfigError as e:
+            raise ConfigError(join_key(k, e.key), e.value, e.expected) from None
+        if not all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < self.vocab_size
+                   for e in self.eos_token_ids):
+            raise ConfigError(join_key(k, "eos_token_id"), self.eos_token_id,
+                              f"token ids in [0, vocab_size={self.vocab_size})")
         for name in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type", "rotary_dtype",
                      "param_init_type"):
-            check_choice(f"{k}.{name}", getattr(self, name), DTYPES)
+            check_choice(join_key(k, name), getattr(self, name), DTYPES)
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"{k}.hidden_size", self.hidden_size, f"a multiple of num_heads ({self.num_heads})")
+            raise ConfigError(join_key(k, "hidden_size"), self.hidden_size, f"a multiple of num_heads ({self.num_heads})")
         if self.num_heads % self.kv_heads:
-            raise ConfigError(f"{k}.n_kv_heads", self.n_kv_heads, f"a divisor of num_heads ({self.num_heads})")
+            raise ConfigError(join_key(k, "n_kv_heads"), self.n_kv_heads, f"a divisor of num_heads ({self.num_heads})")
         if self.theta <= 0:
-            raise ConfigError(f"{k}.theta", self.theta, "a positive number")
+            raise ConfigError(join_key(k, "theta"), self.theta, "a positive number")
 
     @property
     def kv_heads(self):

@@ -13,6 +13,17 @@ from mindkit.utils.paths import resolve_path
 logger = logging.getLogger("mindkit")
 
 
+# Keys that change what a run does, and the value at which they do nothing yet (their runners are still to come).
+NOT_YET = {"use_parallel": False, "only_save_strategy": False, "auto_trans_ckpt": False}
+
+
+def check_supported(config):
+    for key, inert in NOT_YET.items():
+        if getattr(config, key) != inert:
+            raise ConfigError(key, getattr(config, key), f"{inert} (this mindkit version runs single-process "
+                              "predict only; distributed runs and checkpoint transforms are not built yet)")
+
+
 def setup_context(config):
     import mindspore as ms
     ctx = config.context
@@ -24,7 +35,8 @@ def setup_context(config):
     if ctx.runtime_num_threads:
         ms.set_context(runtime_num_threads=ctx.runtime_num_threads)
     if ctx.enable_compile_cache:
-        ms.set_context(enable_compile_cache=True, compile_cache_path=ctx.compile_cache_path)
+        path = ctx.compile_cache_path or os.path.join(config.output_dir, "compile_cache")
+        ms.set_context(enable_compile_cache=True, compile_cache_path=path)
     # Op-by-op (mode 1) dispatch on CPU is ~9x faster with blocking launches, which make compiled graphs (mode 0)
     # ~3x slower (measured, ../shared/REAL_MODEL.md); mode 0 compiles prefill and decode, so it does without.
     # launch_blocking() silently does nothing once any op has run: this must come before the first op.
@@ -56,10 +68,7 @@ def checkpoint_path(config, model_config):
     if not path:
         raise ConfigError("load_checkpoint", path, "a checkpoint file or folder (.ckpt, .safetensors or .gguf)",
                           hint="mindkit never predicts with silently random weights")
-    path = resolve_path(path, key)
-    if not os.path.exists(path):
-        raise ConfigError(key, path, "an existing checkpoint file or folder")
-    return path, key
+    return resolve_path(path, key), key
 
 
 # Compute dtypes without MindSpore kernels on a backend (bfloat16 MatMul/Gather do not exist on CPU; bfloat16
@@ -76,6 +85,8 @@ def build_model(config, load=True):
                               f"float32 or float16 on {device} (MindSpore has no {device} bfloat16 kernels)",
                               hint="param_init_type: bfloat16 with compute_dtype: float32 works")
     arch = config.model.get("arch") or {"type": "LlamaForCausalLM"}
+    if not isinstance(arch, dict):
+        raise ConfigError("model.arch", arch, "a mapping with a 'type' key")
     model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
     path, key = checkpoint_path(config, model_config) if load else (None, None)
     if load:

@@ -10,13 +10,21 @@ import sys
 import time
 
 from mindkit.data.predict_inputs import read_prompts
+from mindkit.errors import ConfigError
 from mindkit.generation import GenerationConfig, generate
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.registry import register
-from mindkit.runners.build import build_model, build_processor, setup_context
+from mindkit.runners.build import build_model, build_processor, check_supported, setup_context
 from mindkit.utils.log import setup_file_logging
 
 logger = logging.getLogger("mindkit")
+
+
+def check_writable(path, key):
+    """Fail before hours of generation, not after: the results file's folder must exist and be writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ConfigError(key, path, "a writable file path in an existing folder")
 
 
 class ProgressBar:
@@ -46,8 +54,10 @@ class PredictRunner:
 
     def run(self):
         cfg = self.config
+        check_supported(cfg)
         setup_file_logging(cfg.output_dir)
         prompts = read_prompts(cfg.input_data)
+        check_writable(cfg.save_file, "save_file")
         setup_context(cfg)
         processor = build_processor(cfg)
         tokenizer = processor.tokenizer
@@ -73,6 +83,8 @@ class PredictRunner:
             total_time += out.total_time
             ttfts.append(out.time_to_first_token)
             bar.update(len(out.sequences), total_tokens)
+        if os.path.exists(cfg.save_file):
+            logger.info("replacing the previous %s", cfg.save_file)
         with open(cfg.save_file, "w", encoding="utf-8") as f:
             f.write(str(results))
         for prompt, answer in zip(prompts, texts):

@@ -1,7 +1,7 @@
 """What every tokenizer offers the rest of mindkit: text ↔ ids, special ids, and the chat template."""
 import jinja2
 
-from mindkit.errors import ConfigError
+from mindkit.errors import ConfigError, InputError
 
 
 class Tokenizer:
@@ -34,9 +34,17 @@ class Tokenizer:
             raise ConfigError("processor.tokenizer.chat_template", None, "a Jinja chat template for this tokenizer")
         env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
         env.globals["raise_exception"] = _raise
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.id_to_token(self.bos_token_id), eos_token=self.id_to_token(self.eos_token_id))
+        try:
+            template = env.from_string(self.chat_template)
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError("processor.tokenizer.chat_template", None, "a valid Jinja template",
+                              hint=f"line {e.lineno}: {e.message}") from None
+        try:
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=self.id_to_token(self.bos_token_id),
+                                   eos_token=self.id_to_token(self.eos_token_id))
+        except jinja2.TemplateError as e:
+            raise InputError("chat messages", None, None, hint=f"the chat template refused them: {e}") from None
 
     def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
         """Render ``messages`` ([{role, content}]) with the model's template; ids unless ``tokenize=False``.

@@ -5,6 +5,7 @@ then ByteLevel (no prefix space, GPT-2 regex); CONTROL tokens are special. The c
 """
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
+from mindkit.config.schema import warn_unused
 from mindkit.errors import ConfigError
 from mindkit.registry import register
 from mindkit.tokenizers.base import Tokenizer
@@ -17,9 +18,10 @@ CONTROL = 3
 @register("tokenizer")
 class GGUFTokenizer(Tokenizer):
     def __init__(self, vocab_file=None, chat_template=None, add_bos_token=None, **kwargs):
+        warn_unused("processor.tokenizer", kwargs)
         key = "processor.tokenizer.vocab_file"
         self.vocab_file = require_file(resolve_path(vocab_file, key), key, "GGUF file")
-        reader = open_gguf(self.vocab_file)
+        reader = open_gguf(self.vocab_file, key)
         model = metadata(reader, "tokenizer.ggml.model")
         if model != "gpt2":
             raise ConfigError(key, self.vocab_file, "a GGUF with a byte-level BPE tokenizer (tokenizer.ggml.model "

@@ -7,6 +7,8 @@ import re
 
 import sentencepiece as spm
 
+from mindkit.config.schema import warn_unused
+from mindkit.errors import ConfigError
 from mindkit.registry import register
 from mindkit.tokenizers.base import Tokenizer
 from mindkit.utils.paths import require_file, resolve_path
@@ -16,9 +18,14 @@ from mindkit.utils.paths import require_file, resolve_path
 class LlamaTokenizer(Tokenizer):
     def __init__(self, vocab_file=None, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>",
                  add_bos_token=True, add_eos_token=False, chat_template=None, **kwargs):
+        warn_unused("processor.tokenizer", kwargs)
         key = "processor.tokenizer.vocab_file"
         self.vocab_file = require_file(resolve_path(vocab_file, key), key, "sentencepiece tokenizer.model file")
-        self.sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
+        except (RuntimeError, OSError) as e:
+            raise ConfigError(key, self.vocab_file, "a sentencepiece tokenizer.model file",
+                              hint=str(e).splitlines()[0][:160]) from None
         self.unk_token_id = self._piece_id(unk_token, self.sp.unk_id())
         self.bos_token_id = self._piece_id(bos_token, self.sp.bos_id())
         self.eos_token_id = self._piece_id(eos_token, self.sp.eos_id())

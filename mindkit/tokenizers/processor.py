@@ -4,6 +4,7 @@ MindFormers names the class per model (``LlamaProcessor``, ``GLMProcessor``...);
 same, so one class answers to those names.
 """
 from mindkit import registry
+from mindkit.config.schema import warn_unused
 from mindkit.errors import ConfigError, InputError
 from mindkit.registry import register
 
@@ -13,6 +14,7 @@ from mindkit.registry import register
 @register("processor", "TextProcessor")
 class TextProcessor:
     def __init__(self, tokenizer=None, use_chat_template=False, system_prompt=None, return_tensors="ms", **kwargs):
+        warn_unused("processor", kwargs)
         if isinstance(tokenizer, dict):
             tokenizer = registry.build("tokenizer", tokenizer, key="processor.tokenizer")
         if tokenizer is None:

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from mindkit.errors import ConfigError
+
 
 @functools.lru_cache(maxsize=2)
 def _reader(path, mtime):
@@ -11,8 +13,11 @@ def _reader(path, mtime):
     return GGUFReader(path)
 
 
-def open_gguf(path):
-    return _reader(os.path.realpath(path), os.path.getmtime(path))
+def open_gguf(path, key):
+    try:
+        return _reader(os.path.realpath(path), os.path.getmtime(path))
+    except (ValueError, OSError, KeyError, IndexError) as e:
+        raise ConfigError(key, path, "a readable GGUF file", hint=str(e).splitlines()[0][:160]) from None
 
 
 def metadata(reader, key, default=None):

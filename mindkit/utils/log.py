@@ -29,6 +29,20 @@ def setup_console_logging(level=logging.INFO):
     logger.propagate = False
 
 
+def log_to_files(message, exc_info=False):
+    """Record an error in the run's error.log/info.log only (the console gets its own one-line message).
+    Returns the error.log path; before the run set up its logs, they go to ./output/log/rank_0/."""
+    handlers = [h for h in logger.handlers if getattr(h, "_mindkit_file", False)]
+    if not handlers:
+        setup_file_logging("./output")
+        handlers = [h for h in logger.handlers if getattr(h, "_mindkit_file", False)]
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None,
+                               sys.exc_info() if exc_info else None)
+    for h in handlers:
+        h.handle(record)
+    return next(h.baseFilename for h in handlers if h.level == logging.ERROR)
+
+
 def setup_file_logging(output_dir, rank=0):
     log_dir = os.path.join(output_dir, "log", f"rank_{rank}")
     os.makedirs(log_dir, exist_ok=True)

@@ -7,7 +7,7 @@ and slots past it are masked.
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 
-from mindkit.models.layers import cast
+from mindkit.models.layers import cast, ms_dtype
 
 _counter = [0]
 
@@ -38,3 +38,8 @@ class KVCache(nn.Cell):
         shape = (batch, kv_heads, slots, head_dim)
         self.batch, self.slots = batch, slots
         self.layers = nn.CellList([LayerKV(shape, dtype, f"{_counter[0]}.{i}") for i in range(num_layers)])
+
+    @classmethod
+    def for_model(cls, config, batch, slots):
+        """The cache a model of ``config`` (num_layers, kv_heads, head_dim, compute_dtype) reads and writes."""
+        return cls(config.num_layers, batch, config.kv_heads, slots, config.head_dim, ms_dtype(config.compute_dtype))
