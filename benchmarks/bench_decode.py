@@ -86,6 +86,8 @@ def run_mindkit(args, bandwidth):
     ms.set_device("CPU")
     if args.mode == 1:
         ms.runtime.launch_blocking()
+    if args.graph_kernel:
+        ms.set_context(enable_graph_kernel=True)
     from mindkit.checkpoint.fused import match_layout
     from mindkit.generation import generate
     from mindkit.generation.model_runner import ModelRunner
@@ -187,6 +189,7 @@ def main():
     p.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0 compiled, 1 op by op")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--qkv-concat", action="store_true", help="fused QKV and gate/up projections")
+    p.add_argument("--graph-kernel", action="store_true", help="MindSpore graph-kernel fusion (context)")
     p.add_argument("--hf", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--quick", action="store_true", help="real model, batch 1 and 8, prompt 32 and 128")
     p.add_argument("--_child", choices=["hf"], help=argparse.SUPPRESS)
@@ -225,6 +228,7 @@ def main():
             line += f"  {r['ratio_vs_hf']:5.2f}x  {r['same_greedy_tokens_as_hf']}"
         print(line)
     print(json.dumps({"benchmark": "decode", "mode": args.mode, "dtype": args.dtype, "qkv_concat": args.qkv_concat,
+                      "graph_kernel": args.graph_kernel,
                       "bandwidth_gb_s": bandwidth, "rows": hf_rows + rows}))
 
 

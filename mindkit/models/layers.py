@@ -105,8 +105,17 @@ def rope_tables(head_dim, max_position, theta):
     return Tensor(np.cos(emb).astype(np.float32)), Tensor(np.sin(emb).astype(np.float32))
 
 
-def apply_rope(x, cos, sin):
-    """x: (B, heads, L, hd); cos/sin: (B, 1, L, hd)."""
-    half = x.shape[-1] // 2
-    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
+def rotate_half_matrix(head_dim, dtype=ms.float32):
+    """R with x @ R = concat(-x2, x1): rotate-half as one matmul instead of two slices, a negation and a concat
+    (exact: every output is one input times +-1)."""
+    half = head_dim // 2
+    r = np.zeros((head_dim, head_dim), np.float32)
+    r[np.arange(half) + half, np.arange(half)] = -1.0
+    r[np.arange(half), np.arange(half) + half] = 1.0
+    return Tensor(r, dtype)
+
+
+def apply_rope(x, cos, sin, rot):
+    """x: (..., hd); cos/sin broadcast against it; rot: rotate_half_matrix."""
+    rotated = ops.matmul(x.reshape(-1, x.shape[-1]), rot).reshape(x.shape)
     return x * cos + rotated * sin

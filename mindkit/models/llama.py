@@ -8,7 +8,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindkit.models.layers import Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables
+from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
+                                   rotate_half_matrix)
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.registry import register
 
@@ -34,25 +35,27 @@ class LlamaAttention(nn.Cell):
         self.softmax_dtype = ms_dtype(cfg.softmax_compute_type)
         self.scale = 1.0 / float(np.sqrt(self.hd))
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
+        self.rot = rotate_half_matrix(self.hd, ms_dtype(cfg.compute_dtype))
 
-    def _project(self, x):
-        if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
-            B, L, _ = x.shape
-            qkv = self.w_qkv(x).reshape(B, L, self.n_kv, -1)
-            q_out = (self.n_heads // self.n_kv) * self.hd
-            return (qkv[..., :q_out].reshape(B, L, -1), qkv[..., q_out:q_out + self.hd].reshape(B, L, -1),
-                    qkv[..., q_out + self.hd:].reshape(B, L, -1))
-        return self.wq(x), self.wk(x), self.wv(x)
+    def _qkv(self, x, cos, sin):
+        """q (B, L, n_kv, rep, hd) and k, v (B, L, n_kv, hd), RoPE applied; cos/sin (B, L, 1, hd)."""
+        B, L, _ = x.shape
+        rep = self.n_heads // self.n_kv
+        if self.qkv_concat:  # rows grouped per KV head [q heads of group g; k_g; v_g]: one RoPE for q and k
+            qk, v = ops.split(self.w_qkv(x).reshape(B, L, self.n_kv, rep + 2, self.hd), [rep + 1, 1], axis=3)
+            qk = apply_rope(qk, cos.reshape(B, L, 1, 1, -1), sin.reshape(B, L, 1, 1, -1), self.rot)
+            q, k = ops.split(qk, [rep, 1], axis=3)
+            return q, k.reshape(B, L, self.n_kv, self.hd), v.reshape(B, L, self.n_kv, self.hd)
+        q = apply_rope(self.wq(x).reshape(B, L, self.n_heads, self.hd), cos, sin, self.rot)
+        k = apply_rope(self.wk(x).reshape(B, L, self.n_kv, self.hd), cos, sin, self.rot)
+        return q.reshape(B, L, self.n_kv, rep, self.hd), k, self.wv(x).reshape(B, L, self.n_kv, self.hd)
 
     def construct(self, x, cos, sin, mask, cache, start):
         B, L, _ = x.shape
-        q, k, v = self._project(x)
-        q = apply_rope(q.reshape(B, L, self.n_heads, self.hd).transpose(0, 2, 1, 3), cos, sin)
-        k = apply_rope(k.reshape(B, L, self.n_kv, self.hd).transpose(0, 2, 1, 3), cos, sin)
-        v = v.reshape(B, L, self.n_kv, self.hd).transpose(0, 2, 1, 3)
-        k_cache, v_cache = cache.write(k, v, start)
+        q, k, v = self._qkv(x, cos, sin)
+        k_cache, v_cache = cache.write(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start)
         S, rep = k_cache.shape[2], self.n_heads // self.n_kv
-        q = q.reshape(B, self.n_kv, rep * L, self.hd)
+        q = q.transpose(0, 2, 3, 1, 4).reshape(B, self.n_kv, rep * L, self.hd)
         scores = cast(self.bmm_t(q, cast(k_cache, q.dtype)), self.softmax_dtype) * self.scale
         scores = scores.reshape(B, self.n_kv, rep, L, S) + mask
         probs = cast(ops.softmax(scores, -1), v_cache.dtype).reshape(B, self.n_kv, rep * L, S)
@@ -78,8 +81,9 @@ class LlamaFeedForward(nn.Cell):
 
     def construct(self, x):
         if self.fused:
-            gh = self.w_gate_hidden(x).reshape(x.shape[:-1] + (self.ffn, 2))
-            gate, up = gh[..., 0], gh[..., 1]
+            shape = x.shape[:-1] + (self.ffn,)
+            gate, up = ops.split(self.w_gate_hidden(x).reshape(shape + (2,)), 1, axis=-1)
+            gate, up = gate.reshape(shape), up.reshape(shape)
         else:
             gate, up = self.w1(x), self.w3(x)
         return self.w2(ops.silu(gate) * up)
@@ -117,8 +121,8 @@ class LlamaModel(nn.Cell):
         causal = ops.arange(S, dtype=ms.int32).reshape(1, S) <= slots                         # (L, S)
         allowed = ops.logical_and(causal.reshape(1, L, S), key_valid.reshape(B, 1, S))
         mask = ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
-        cos = cast(cast(ops.gather(self.cos, positions, 0).reshape(B, 1, L, -1), self.rotary_dtype), self.compute_dtype)
-        sin = cast(cast(ops.gather(self.sin, positions, 0).reshape(B, 1, L, -1), self.rotary_dtype), self.compute_dtype)
+        cos = cast(cast(ops.gather(self.cos, positions, 0).reshape(B, L, 1, -1), self.rotary_dtype), self.compute_dtype)
+        sin = cast(cast(ops.gather(self.sin, positions, 0).reshape(B, L, 1, -1), self.rotary_dtype), self.compute_dtype)
         h = cast(self.tok_embeddings(input_ids), self.compute_dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, caches[i], start)

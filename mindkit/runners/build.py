@@ -34,6 +34,9 @@ def setup_context(config):
                           hint=str(e).splitlines()[0][:160]) from None
     if ctx.runtime_num_threads:
         ms.set_context(runtime_num_threads=ctx.runtime_num_threads)
+    if ctx.enable_graph_kernel:  # fuses element-wise kernels of compiled (mode 0) graphs
+        ms.set_context(enable_graph_kernel=True, **({"graph_kernel_flags": ctx.graph_kernel_flags}
+                                                    if ctx.graph_kernel_flags else {}))
     if ctx.enable_compile_cache:
         path = ctx.compile_cache_path or os.path.join(config.output_dir, "compile_cache")
         ms.set_context(enable_compile_cache=True, compile_cache_path=path)
