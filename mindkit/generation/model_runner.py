@@ -32,7 +32,7 @@ class ModelRunner:
         self.slot_bucket, self.max_buckets = slot_bucket, max_buckets
         self.prompt_bucket = prompt_bucket if compiled else 1
         self._buckets = collections.OrderedDict()   # (batch, slots) -> [cache, compiled step or None]
-        self.compile_seconds = {}                    # (batch, slots) -> first-call time of the compiled step
+        self.compile_seconds = {}  # ("prefill", batch, prompt, slots) / ("decode", batch, slots) -> first call, s
         self.cache = self._step = self._key = None
 
     def prompt_slots(self, longest, new_tokens):
@@ -60,7 +60,7 @@ class ModelRunner:
     def prefill(self, ids, positions, valid):
         """Write slots [0, P) and return the last position's logits (B, vocab) as numpy."""
         return self._run(np.ascontiguousarray(ids), np.ascontiguousarray(positions), valid, 0,
-                         ("prefill",) + ids.shape)
+                         ("prefill",) + ids.shape + (self._key[1],))
 
     def decode(self, ids, positions, valid, slot):
         """Write slot ``slot`` (one token per row) and return its logits (B, vocab) as numpy."""
@@ -71,9 +71,7 @@ class ModelRunner:
         args = (Tensor(ids), Tensor(positions), Tensor(valid), start)
         if self._step is None:
             return self.model(*args, self.cache.layers).asnumpy()[:, -1]
-        key = shape_key + (self._key[1],)
         t0 = time.perf_counter()
         logits = self._step(*args).asnumpy()[:, -1]
-        if key not in self.compile_seconds:
-            self.compile_seconds[key] = time.perf_counter() - t0
+        self.compile_seconds.setdefault(shape_key, time.perf_counter() - t0)
         return logits

@@ -71,14 +71,16 @@ class PredictRunner:
             gen.eos_token_id = (tokenizer.eos_token_id,)
         batch_size = cfg.predict_batch_size or mcfg.batch_size
         runner = ModelRunner(model, compiled=cfg.context.mode == 0)
-        results, texts = [], []
+        results = []
         total_tokens, total_time, ttfts = 0, 0.0, []
         bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
         for start in range(0, len(encoded), batch_size):
             out = generate(model, encoded[start:start + batch_size], gen, runner=runner)
             batch_texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
             results.append({"text_generation_text": batch_texts})
-            texts.extend(tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True))
+            answers = tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True)
+            for prompt, answer in zip(prompts[start:start + batch_size], answers):
+                print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
             total_tokens += out.generated_tokens
             total_time += out.total_time
             ttfts.append(out.time_to_first_token)
@@ -87,8 +89,6 @@ class PredictRunner:
             logger.info("replacing the previous %s", cfg.save_file)
         with open(cfg.save_file, "w", encoding="utf-8") as f:
             f.write(str(results))
-        for prompt, answer in zip(prompts, texts):
-            print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
         speed = total_tokens / total_time if total_time else 0.0
         logger.info("total time: %.2f s; generated tokens: %d tokens; generate speed: %.2f tokens/s; "
                     "time to first token: %.3f s (mean over %d batches)", total_time, total_tokens, speed,
