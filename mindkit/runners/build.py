@@ -13,15 +13,20 @@ from mindkit.utils.paths import resolve_path
 logger = logging.getLogger("mindkit")
 
 
-# Keys that change what a run does, and the value at which they do nothing yet (their runners are still to come).
-NOT_YET = {"use_parallel": False, "only_save_strategy": False, "auto_trans_ckpt": False}
+# Keys that change what a run does, and the value at which they do nothing yet (their code is still to come).
+NOT_YET = {"only_save_strategy": False, "auto_trans_ckpt": False}
 
 
 def check_supported(config):
     for key, inert in NOT_YET.items():
         if getattr(config, key) != inert:
-            raise ConfigError(key, getattr(config, key), f"{inert} (this mindkit version runs single-process "
-                              "predict only; distributed runs and checkpoint transforms are not built yet)")
+            raise ConfigError(key, getattr(config, key), f"{inert} (strategy files and checkpoint transforms are "
+                              "not built yet)")
+    if config.use_parallel:
+        for key in ("model_parallel", "pipeline_stage"):
+            if getattr(config.parallel_config, key) != 1:
+                raise ConfigError(f"parallel_config.{key}", getattr(config.parallel_config, key),
+                                  "1 (tensor and pipeline parallelism are not built yet; data_parallel is)")
 
 
 def setup_context(config):

@@ -9,10 +9,14 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from mindkit.data.predict_inputs import read_prompts
 from mindkit.errors import ConfigError
 from mindkit.generation import GenerationConfig, generate
 from mindkit.generation.model_runner import ModelRunner
+from mindkit.parallel.collectives import all_gather_token_lists
+from mindkit.parallel.mesh import Mesh
 from mindkit.registry import register
 from mindkit.runners.build import build_model, build_processor, check_supported, setup_context
 from mindkit.utils.log import setup_file_logging
@@ -55,46 +59,63 @@ class PredictRunner:
     def run(self):
         cfg = self.config
         check_supported(cfg)
-        setup_file_logging(cfg.output_dir)
         prompts = read_prompts(cfg.input_data)
         check_writable(cfg.save_file, "save_file")
         setup_context(cfg)
+        mesh = Mesh.from_config(cfg)
+        setup_file_logging(cfg.output_dir, mesh.rank)
         processor = build_processor(cfg)
         tokenizer = processor.tokenizer
         t0 = time.perf_counter()
         model = build_model(cfg)
         logger.info("model built and weights loaded in %.1f s", time.perf_counter() - t0)
-        mcfg = model.config
-        encoded = processor.encode(prompts, mcfg.seq_length)
-        gen = GenerationConfig.from_model_config(mcfg, seed=cfg.seed)
+        encoded = processor.encode(prompts, model.config.seq_length)
+        gen = GenerationConfig.from_model_config(model.config, seed=cfg.seed)
         if tokenizer.eos_token_id is not None and not gen.eos_token_id:
             gen.eos_token_id = (tokenizer.eos_token_id,)
-        batch_size = cfg.predict_batch_size or mcfg.batch_size
+        batch_size = cfg.predict_batch_size or model.config.batch_size
+        # data parallel: each replica takes a contiguous share, so gathering in rank order keeps the input order
+        shares = [s.tolist() for s in np.array_split(np.arange(len(prompts)), mesh.data_parallel)]
+        mine = shares[mesh.dp_rank]
         runner = ModelRunner(model, compiled=cfg.context.mode == 0)
-        results = []
-        total_tokens, total_time, ttfts = 0, 0.0, []
-        bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
-        for start in range(0, len(encoded), batch_size):
-            out = generate(model, encoded[start:start + batch_size], gen, runner=runner)
-            batch_texts = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
-            results.append({"text_generation_text": batch_texts})
-            answers = tokenizer.batch_decode(out.new_tokens, skip_special_tokens=True)
-            for prompt, answer in zip(prompts[start:start + batch_size], answers):
-                print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
-            total_tokens += out.generated_tokens
-            total_time += out.total_time
-            ttfts.append(out.time_to_first_token)
-            bar.update(len(out.sequences), total_tokens)
+        sequences = self.generate_share(model, runner, tokenizer, gen, [encoded[i] for i in mine],
+                                        [prompts[i] for i in mine], batch_size, echo=mesh.world_size == 1)
+        gathered = all_gather_token_lists(sequences, mesh)
+        if not mesh.is_main:
+            return None
+        sequences = [seq for part in gathered[::mesh.model_parallel * mesh.pipeline_stage] for seq in part]
+        if mesh.world_size > 1:
+            for prompt, seq, ids in zip(prompts, sequences, encoded):
+                print(f"prompt: {prompt}\nanswer: {tokenizer.decode(seq[len(ids):])}\n", flush=True)
+        results = [{"text_generation_text": tokenizer.batch_decode([sequences[i] for i in share[b:b + batch_size]])}
+                   for share in shares for b in range(0, len(share), batch_size)]
         if os.path.exists(cfg.save_file):
             logger.info("replacing the previous %s", cfg.save_file)
         with open(cfg.save_file, "w", encoding="utf-8") as f:
             f.write(str(results))
+        logger.info("results written to %s", os.path.abspath(cfg.save_file))
+        return results
+
+    def generate_share(self, model, runner, tokenizer, gen, encoded, prompts, batch_size, echo):
+        """Generate this replica's prompts batch by batch; returns prompt + generated ids per prompt."""
+        sequences, total_tokens, total_time, ttfts = [], 0, 0.0, []
+        bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
+        for start in range(0, len(encoded), batch_size):
+            out = generate(model, encoded[start:start + batch_size], gen, runner=runner)
+            sequences.extend(out.sequences)
+            if echo:
+                answers = tokenizer.batch_decode(out.new_tokens)
+                for prompt, answer in zip(prompts[start:start + batch_size], answers):
+                    print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
+            total_tokens += out.generated_tokens
+            total_time += out.total_time
+            ttfts.append(out.time_to_first_token)
+            bar.update(len(out.sequences), total_tokens)
         speed = total_tokens / total_time if total_time else 0.0
         logger.info("total time: %.2f s; generated tokens: %d tokens; generate speed: %.2f tokens/s; "
                     "time to first token: %.3f s (mean over %d batches)", total_time, total_tokens, speed,
-                    sum(ttfts) / len(ttfts), len(ttfts))
+                    sum(ttfts) / max(len(ttfts), 1), len(ttfts))
         if runner.compile_seconds:
             logger.info("compiled %d graphs (first calls, compile included): %s", len(runner.compile_seconds),
                         ", ".join(f"{k[0]} {k[1:]}: {v:.1f} s" for k, v in runner.compile_seconds.items()))
-        logger.info("results written to %s", os.path.abspath(cfg.save_file))
-        return results
+        return sequences

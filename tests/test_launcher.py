@@ -1,0 +1,92 @@
+"""scripts/msrun_launcher.sh: MindFormers' argument forms, intact quoting, and real 2-process data-parallel
+predict through msrun on CPU (results equal the single-process run, in input order)."""
+import ast
+import os
+import socket
+import subprocess
+
+import pytest
+
+from conftest import REPO, TINY_CONFIG
+
+LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, cwd, timeout=300):
+    return subprocess.run(["bash", LAUNCHER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("count", [0, 3, 4, 5, 7, 8, 10])
+def test_wrong_argument_count_prints_usage(count, tmp_path):
+    proc = launch(["x"] * count, tmp_path, timeout=30)
+    assert proc.returncode != 0
+    assert f"expected 1, 2, 6 or 9 arguments, got {count}" in proc.stderr and "WORKER_NUM" in proc.stderr
+
+
+def test_bad_join_value_is_refused(tmp_path):
+    proc = launch(["run_mindformer.py", "2", "8118", "log", "yes", "100"], tmp_path, timeout=30)
+    assert proc.returncode != 0 and "JOIN must be True or False" in proc.stderr
+
+
+def tiny_cmd(tiny_ckpt, tiny_sp_model, prompts, extra=""):
+    quoted = " ".join(f"'{p}'" for p in prompts)
+    return (f"{os.path.join(REPO, 'run_mindformer.py')} --config {TINY_CONFIG} --load_checkpoint {tiny_ckpt} "
+            f"--processor.tokenizer.vocab_file={tiny_sp_model} --predict_batch_size 2 --predict_data {quoted} {extra}")
+
+
+def results(folder):
+    return ast.literal_eval((folder / "text_generation_result.txt").read_text(encoding="utf-8"))
+
+
+PROMPTS = ["the cat sat on the mat", "a dog ran far away", "big red car", "the sun and the moon", "one two three"]
+
+
+def test_one_worker_runs_in_process_with_prompts_intact(tiny_ckpt, tiny_sp_model, tmp_path):
+    proc = launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3]), "1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    texts = [t for r in results(tmp_path) for t in r["text_generation_text"]]
+    assert [t[:len(p)] for t, p in zip(texts, PROMPTS)] == PROMPTS[:3]  # "a dog ran far away" stayed one prompt
+
+
+def test_data_parallel_two_processes_equal_single_process(tiny_ckpt, tiny_sp_model, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    proc = launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS), "1"], single)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS, "--use_parallel True --parallel_config.data_parallel 2")
+    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
+    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
+                   for f in os.listdir(multi / "output" / "msrun_log"))
+    assert proc.returncode == 0, logs[-3000:]
+    flat = lambda rs: [t for r in rs for t in r["text_generation_text"]]  # noqa: E731
+    assert flat(results(multi)) == flat(results(single))
+    assert [len(r["text_generation_text"]) for r in results(multi)] == [2, 1, 2]   # shares 3 + 2, batches of 2
+    assert (multi / "output" / "log" / "rank_1" / "info.log").exists()
+    assert "generate speed" in (multi / "output" / "log" / "rank_1" / "info.log").read_text()
+
+
+def test_a_failing_rank_fails_the_job_with_its_error(tiny_ckpt, tiny_sp_model, tmp_path):
+    plugin = tmp_path / "fail_on_rank1.py"
+    plugin.write_text(
+        "import os\n"
+        "from mindkit.registry import register\n"
+        "from mindkit.tokenizers import LlamaTokenizer\n"
+        "@register('tokenizer')\n"
+        "class FailOnRank1(LlamaTokenizer):\n"
+        "    def encode(self, text, add_special_tokens=True):\n"
+        "        if os.environ.get('RANK_ID') == '1':\n"
+        "            raise RuntimeError('rank 1 is broken')\n"
+        "        return super().encode(text, add_special_tokens)\n")
+    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS, f"--use_parallel True --parallel_config.data_parallel 2 "
+                   f"--register_path {plugin} --processor.tokenizer.type=FailOnRank1")
+    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "60"], tmp_path, timeout=200)
+    assert proc.returncode != 0
+    worker1 = (tmp_path / "output" / "msrun_log" / "worker_1.log").read_text(errors="replace")
+    assert "error: internal error RuntimeError: rank 1 is broken" in worker1
+    assert not (tmp_path / "text_generation_result.txt").exists()
