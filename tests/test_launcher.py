@@ -90,3 +90,38 @@ def test_a_failing_rank_fails_the_job_with_its_error(tiny_ckpt, tiny_sp_model, t
     worker1 = (tmp_path / "output" / "msrun_log" / "worker_1.log").read_text(errors="replace")
     assert "error: internal error RuntimeError: rank 1 is broken" in worker1
     assert not (tmp_path / "text_generation_result.txt").exists()
+
+
+@pytest.mark.parametrize("qkv_concat,mode", [(False, 1), (True, 0)], ids=["separate-eager", "fused-compiled"])
+def test_tensor_parallel_two_processes_equal_single_process(qkv_concat, mode, tiny_ckpt, tiny_sp_model, tmp_path):
+    """model_parallel=2: column/row-split projections, vocab-split embedding and head, 2 of 4 heads per rank."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    fused = f"--model.model_config.qkv_concat={qkv_concat} --mode {mode}"
+    proc = launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], fused), "1"], single)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
+                   f"{fused} --use_parallel True --parallel_config.model_parallel 2")
+    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
+    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
+                   for f in os.listdir(multi / "output" / "msrun_log"))
+    assert proc.returncode == 0, logs[-3000:]
+    assert results(multi) == results(single)
+
+
+@pytest.mark.parametrize("qkv_concat", [False, True], ids=["separate", "fused"])
+def test_tensor_parallel_logits_match_single_process(qkv_concat, tiny_ckpt, tmp_path):
+    import numpy as np
+    from mindkit.checkpoint import load_weights
+    from mindkit.config import load_yaml
+    from mindkit.models import LlamaConfig, LlamaForCausalLM
+    worker = os.path.join(REPO, "tests", "parallel_logits_worker.py")
+    out = tmp_path / "tp_logits.npy"
+    proc = launch([f"{worker} {TINY_CONFIG} {tiny_ckpt} {out} {qkv_concat}", "2", str(free_port()),
+                   str(tmp_path / "log"), "True", "240"], tmp_path)
+    assert proc.returncode == 0, "".join(p.read_text(errors="replace") for p in (tmp_path / "log").iterdir())[-3000:]
+    cfg = LlamaConfig.from_dict({**load_yaml(TINY_CONFIG)["model"]["model_config"], "qkv_concat": qkv_concat})
+    model = LlamaForCausalLM(cfg)
+    load_weights(model, tiny_ckpt)
+    single = model.forward_full([[1, 5, 9, 30, 77, 120, 3], [1, 200, 17, 4, 4, 4, 8]]).asnumpy()
+    assert np.abs(np.load(out) - single).max() < 1e-4

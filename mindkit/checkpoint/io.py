@@ -8,6 +8,7 @@ import mindspore as ms
 
 from mindkit.checkpoint.fused import match_layout
 from mindkit.errors import CheckpointError
+from mindkit.parallel.layout import full_shapes, param_layouts, shard
 
 logger = logging.getLogger("mindkit")
 WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".gguf")
@@ -58,10 +59,6 @@ def save_state(state, path, dtype=None):
     ms.save_checkpoint(items, path, format=fmt)
 
 
-def model_shapes(model):
-    return {p.name: tuple(p.shape) for p in model.get_parameters()}
-
-
 # Hyperparameters that do not show in any weight's shape, checked against a GGUF's metadata.
 GGUF_CHECKED = ("num_heads", "n_kv_heads", "theta", "rms_norm_eps")
 
@@ -82,7 +79,7 @@ def load_weights(model, path, key="load_checkpoint"):
     if path.endswith(".gguf"):
         check_against_gguf(model.config, path, key)
     state = read_state(path, key)
-    expected = model_shapes(model)
+    expected = full_shapes(model)
     state = match_layout(state, expected, model.config.kv_heads)
     embedding = "model.tok_embeddings.embedding_weight"
     if "lm_head.weight" in state and "lm_head.weight" not in expected and embedding in state:
@@ -104,7 +101,8 @@ def load_weights(model, path, key="load_checkpoint"):
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
             raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}", f"shape {shape}")
+    layouts = param_layouts(model)
     for p in model.get_parameters():
-        p.set_data(ms.Tensor(np.ascontiguousarray(state[p.name]), dtype=p.dtype))
+        p.set_data(ms.Tensor(np.ascontiguousarray(shard(state[p.name], *layouts[p.name])), dtype=p.dtype))
     logger.info("loaded %d parameters from %s", len(expected), path)
     return path

@@ -40,6 +40,7 @@ class KVCache(nn.Cell):
         self.layers = nn.CellList([LayerKV(shape, dtype, f"{_counter[0]}.{i}") for i in range(num_layers)])
 
     @classmethod
-    def for_model(cls, config, batch, slots):
-        """The cache a model of ``config`` (num_layers, kv_heads, head_dim, compute_dtype) reads and writes."""
-        return cls(config.num_layers, batch, config.kv_heads, slots, config.head_dim, ms_dtype(config.compute_dtype))
+    def for_model(cls, model, batch, slots):
+        """The cache ``model`` reads and writes: its layers, its KV heads on this rank, head_dim, compute dtype."""
+        cfg = model.config
+        return cls(cfg.num_layers, batch, model.cache_kv_heads, slots, cfg.head_dim, ms_dtype(cfg.compute_dtype))

@@ -50,7 +50,7 @@ class ModelRunner:
         if key not in self._buckets:
             if len(self._buckets) >= self.max_buckets:
                 self._buckets.popitem(last=False)
-            cache = KVCache.for_model(self.model.config, batch, slots)
+            cache = KVCache.for_model(self.model, batch, slots)
             step = ms.jit(DecodeStep(self.model, cache).construct) if self.compiled else None
             self._buckets[key] = [cache, step]
         self._buckets.move_to_end(key)

@@ -11,6 +11,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from mindkit.parallel.tensor_parallel import TPGroup
+
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
@@ -42,41 +44,62 @@ def weight_init(std):
 
 
 class ParallelLayout:
-    """How one weight is split across ``model_parallel`` ranks: replicated, by rows (0) or by columns (1)."""
+    """How a layer's weight is split over its tensor-parallel group ``tp``: ``split_axis`` None (replicated),
+    0 (output rows) or 1 (input columns) of the full weight. Parameters hold this rank's slice."""
     split_axis = None
+    tp = TPGroup()
 
 
 class Linear(nn.Cell, ParallelLayout):
-    """y = x @ W^T with W stored (out, in) as MindFormers does. ``split_axis``: 0 column-parallel, 1 row-parallel."""
+    """y = x @ W^T with W stored (out, in) as MindFormers does. ``split_axis`` 0: column-parallel (each rank computes
+    out/tp outputs); 1: row-parallel (each rank holds in/tp inputs, partial outputs are summed over the group)."""
 
     def __init__(self, in_features, out_features, param_init_type="float32", compute_dtype="float32",
-                 split_axis=None, init_std=0.02):
+                 split_axis=None, init_std=0.02, tp=TPGroup()):
         super().__init__()
-        self.in_features, self.out_features, self.split_axis = in_features, out_features, split_axis
+        self.split_axis, self.tp = split_axis, tp
+        if split_axis == 0:
+            out_features = tp.local(out_features, "the output features")
+        elif split_axis == 1:
+            in_features = tp.local(in_features, "the input features")
+        self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(initializer(weight_init(init_std), (out_features, in_features), ms_dtype(param_init_type)),
                                 name="weight")
         self.compute_dtype = ms_dtype(compute_dtype)
         self.matmul = ops.MatMul(transpose_b=True)
+        self.reduce = tp.all_reduce() if split_axis == 1 else None
 
     def construct(self, x):
         shape = x.shape
         x = cast(x.reshape(-1, shape[-1]), self.compute_dtype)
         y = self.matmul(x, cast(self.weight, self.compute_dtype))
+        if self.reduce is not None:
+            y = self.reduce(y)
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
 class Embedding(nn.Cell, ParallelLayout):
-    """Token embedding, weight (vocab, hidden) named ``embedding_weight``; split over the vocabulary (axis 0)."""
+    """Token embedding, weight (vocab, hidden) named ``embedding_weight``, split over the vocabulary: each rank looks
+    up the ids in its range and the group sums the rows."""
     split_axis = 0
 
-    def __init__(self, vocab_size, hidden_size, param_init_type="float32", init_std=0.02):
+    def __init__(self, vocab_size, hidden_size, param_init_type="float32", init_std=0.02, tp=TPGroup()):
         super().__init__()
+        self.tp = tp
+        self.local_vocab = tp.local(vocab_size, "vocab_size")
+        self.offset = tp.rank * self.local_vocab
         self.embedding_weight = Parameter(
-            initializer(weight_init(init_std), (vocab_size, hidden_size), ms_dtype(param_init_type)),
+            initializer(weight_init(init_std), (self.local_vocab, hidden_size), ms_dtype(param_init_type)),
             name="embedding_weight")
+        self.reduce = tp.all_reduce()
 
     def construct(self, input_ids):
         weight = self.embedding_weight
+        if self.reduce is not None:
+            local = input_ids - self.offset
+            inside = ops.logical_and(local >= 0, local < self.local_vocab)
+            rows = ops.gather(weight, ops.select(inside, local, ops.zeros_like(local)), 0)
+            return self.reduce(rows * inside.astype(rows.dtype).expand_dims(-1))
         if weight.dtype == ms.bfloat16:  # no bfloat16 Gather kernel on CPU
             return cast(ops.gather(cast(weight, ms.float32), input_ids, 0), ms.bfloat16)
         return ops.gather(weight, input_ids, 0)

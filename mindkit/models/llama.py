@@ -11,6 +11,7 @@ from mindspore import Tensor, nn, ops
 from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
                                    rotate_half_matrix)
 from mindkit.models.llama_config import LlamaConfig
+from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.registry import register
 
 MASK_VALUE = -1e9
@@ -19,12 +20,14 @@ MASK_VALUE = -1e9
 class LlamaAttention(nn.Cell):
     """GQA attention: query heads are grouped over the KV heads (head h reads KV head h // (heads / kv_heads))."""
 
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, tp=TPGroup()):
         super().__init__()
-        self.n_heads, self.n_kv, self.hd = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        # tensor parallel: each rank owns whole KV groups (its KV heads and the query heads that read them)
+        tp.local(cfg.kv_heads, "n_kv_heads")
+        self.n_heads, self.n_kv, self.hd = tp.local(cfg.num_heads, "num_heads"), cfg.kv_heads // tp.size, cfg.head_dim
         self.qkv_concat = cfg.qkv_concat
-        q_out, kv_out = self.n_heads * self.hd, self.n_kv * self.hd
-        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype)
+        q_out, kv_out = cfg.num_heads * self.hd, cfg.kv_heads * self.hd
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp)
         if self.qkv_concat:
             self.w_qkv = Linear(cfg.hidden_size, q_out + 2 * kv_out, split_axis=0, **lin)
         else:
@@ -67,17 +70,18 @@ class LlamaAttention(nn.Cell):
 class LlamaFeedForward(nn.Cell):
     """SwiGLU: w2(silu(w1 x) * w3 x); with ``qkv_concat``, ``w_gate_hidden`` interleaves w1 and w3 row by row."""
 
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, tp=TPGroup()):
         super().__init__()
-        self.ffn = cfg.ffn_hidden_size
+        self.ffn = tp.local(cfg.ffn_hidden_size, "the FFN width")
         self.fused = cfg.qkv_concat
-        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype)
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp)
+        full = cfg.ffn_hidden_size
         if self.fused:
-            self.w_gate_hidden = Linear(cfg.hidden_size, 2 * self.ffn, split_axis=0, **lin)
+            self.w_gate_hidden = Linear(cfg.hidden_size, 2 * full, split_axis=0, **lin)
         else:
-            self.w1 = Linear(cfg.hidden_size, self.ffn, split_axis=0, **lin)
-            self.w3 = Linear(cfg.hidden_size, self.ffn, split_axis=0, **lin)
-        self.w2 = Linear(self.ffn, cfg.hidden_size, split_axis=1, **lin)
+            self.w1 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
+            self.w3 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
+        self.w2 = Linear(full, cfg.hidden_size, split_axis=1, **lin)
 
     def construct(self, x):
         if self.fused:
@@ -90,14 +94,14 @@ class LlamaFeedForward(nn.Cell):
 
 
 class LlamaDecodeLayer(nn.Cell):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, tp=TPGroup()):
         super().__init__()
         norm = dict(eps=cfg.rms_norm_eps, param_init_type=cfg.param_init_type,
                     compute_type=cfg.layernorm_compute_type)
         self.attention_norm = RMSNorm(cfg.hidden_size, **norm)
-        self.attention = LlamaAttention(cfg)
+        self.attention = LlamaAttention(cfg, tp)
         self.ffn_norm = RMSNorm(cfg.hidden_size, **norm)
-        self.feed_forward = LlamaFeedForward(cfg)
+        self.feed_forward = LlamaFeedForward(cfg, tp)
 
     def construct(self, x, cos, sin, mask, cache, start):
         h = x + cast(self.attention(self.attention_norm(x), cos, sin, mask, cache, start), x.dtype)
@@ -105,10 +109,10 @@ class LlamaDecodeLayer(nn.Cell):
 
 
 class LlamaModel(nn.Cell):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, tp=TPGroup()):
         super().__init__()
-        self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type)
-        self.layers = nn.CellList([LlamaDecodeLayer(cfg) for _ in range(cfg.num_layers)])
+        self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type, tp=tp)
+        self.layers = nn.CellList([LlamaDecodeLayer(cfg, tp) for _ in range(cfg.num_layers)])
         self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type, cfg.layernorm_compute_type)
         self.cos, self.sin = rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta)  # float32: gathered per call
         self.rotary_dtype = ms_dtype(cfg.rotary_dtype)
@@ -131,18 +135,21 @@ class LlamaModel(nn.Cell):
 
 @register("model")
 class LlamaForCausalLM(nn.Cell):
-    """``model.*`` backbone + ``lm_head`` (absent when ``tie_word_embeddings``: the embedding is the LM head)."""
+    """``model.*`` backbone + ``lm_head`` (absent when ``tie_word_embeddings``: the embedding is the LM head).
+    With a tensor-parallel group ``tp`` each rank computes the logits of its vocabulary slice; they are gathered."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, tp=TPGroup()):
         super().__init__()
-        self.config = config
-        self.model = LlamaModel(config)
+        self.config, self.tp = config, tp
+        self.model = LlamaModel(config, tp)
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, config.param_init_type,
-                                  config.compute_dtype, split_axis=0)
+                                  config.compute_dtype, split_axis=0, tp=tp)
         self.tied = config.tie_word_embeddings
         self.head_matmul = ops.MatMul(transpose_b=True)
+        self.gather = tp.all_gather()
         self.compute_dtype = ms_dtype(config.compute_dtype)
+        self.cache_kv_heads = self.model.layers[0].attention.n_kv if config.num_layers else 0
 
     def construct(self, input_ids, positions, key_valid, start, caches, last_only=True):
         h = self.model(input_ids, positions, key_valid, start, caches)
@@ -151,8 +158,10 @@ class LlamaForCausalLM(nn.Cell):
         B, L, H = h.shape
         h = cast(h.reshape(B * L, H), self.compute_dtype)
         weight = self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
-        logits = self.head_matmul(h, cast(weight, self.compute_dtype))
-        return cast(logits, ms.float32).reshape(B, L, -1)
+        logits = cast(self.head_matmul(h, cast(weight, self.compute_dtype)), ms.float32)
+        if self.gather is not None:  # (tp * B * L, V / tp) -> (B * L, V)
+            logits = self.gather(logits).reshape(self.tp.size, B * L, -1).transpose(1, 0, 2)
+        return logits.reshape(B, L, -1)
 
     def forward_full(self, input_ids):
         """Logits for every position of unpadded ``input_ids`` (B, L) numpy/list; used by parity checks and eval."""
@@ -161,4 +170,4 @@ class LlamaForCausalLM(nn.Cell):
         positions = Tensor(np.tile(np.arange(L, dtype=np.int32), (B, 1)))
         valid = Tensor(np.ones((B, L), np.bool_))
         from mindkit.generation.kv_cache import KVCache
-        return self(ids, positions, valid, 0, KVCache.for_model(self.config, B, L).layers, last_only=False)
+        return self(ids, positions, valid, 0, KVCache.for_model(self, B, L).layers, last_only=False)

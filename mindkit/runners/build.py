@@ -8,6 +8,7 @@ from mindkit import registry
 from mindkit.checkpoint import load_weights
 from mindkit.errors import ConfigError
 from mindkit.models.layers import no_random_init
+from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.utils.paths import resolve_path
 
 logger = logging.getLogger("mindkit")
@@ -22,11 +23,13 @@ def check_supported(config):
         if getattr(config, key) != inert:
             raise ConfigError(key, getattr(config, key), f"{inert} (strategy files and checkpoint transforms are "
                               "not built yet)")
-    if config.use_parallel:
-        for key in ("model_parallel", "pipeline_stage"):
-            if getattr(config.parallel_config, key) != 1:
-                raise ConfigError(f"parallel_config.{key}", getattr(config.parallel_config, key),
-                                  "1 (tensor and pipeline parallelism are not built yet; data_parallel is)")
+    pc = config.parallel_config
+    if config.use_parallel and pc.pipeline_stage != 1:
+        raise ConfigError("parallel_config.pipeline_stage", pc.pipeline_stage, "1 (pipeline parallelism is not built "
+                          "yet; data_parallel and model_parallel are)")
+    if config.use_parallel and pc.model_parallel > 1 and pc.data_parallel > 1:
+        raise ConfigError("parallel_config", f"data_parallel={pc.data_parallel}, model_parallel={pc.model_parallel}",
+                          "one of them 1 (data and tensor parallelism together are not built yet)")
 
 
 def setup_context(config):
@@ -84,7 +87,8 @@ def checkpoint_path(config, model_config):
 UNSUPPORTED_COMPUTE = {"CPU": ("bfloat16",)}
 
 
-def build_model(config, load=True):
+def build_model(config, load=True, mesh=None):
+    """The model of ``config`` with its weights; under a mesh with model_parallel > 1, this rank's shard."""
     model_config = build_model_config(config)
     device = config.context.device_target
     for key in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"):
@@ -97,11 +101,12 @@ def build_model(config, load=True):
         raise ConfigError("model.arch", arch, "a mapping with a 'type' key")
     model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
     path, key = checkpoint_path(config, model_config) if load else (None, None)
+    tp = {"tp": TPGroup(mesh.model_parallel, mesh.mp_rank)} if mesh and mesh.model_parallel > 1 else {}
     if load:
         with no_random_init():
-            model = model_cls(model_config)
+            model = model_cls(model_config, **tp)
         load_weights(model, path, key)
     else:
-        model = model_cls(model_config)
+        model = model_cls(model_config, **tp)
     model.set_train(False)
     return model

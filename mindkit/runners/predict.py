@@ -67,7 +67,7 @@ class PredictRunner:
         processor = build_processor(cfg)
         tokenizer = processor.tokenizer
         t0 = time.perf_counter()
-        model = build_model(cfg)
+        model = build_model(cfg, mesh=mesh)
         logger.info("model built and weights loaded in %.1f s", time.perf_counter() - t0)
         encoded = processor.encode(prompts, model.config.seq_length)
         gen = GenerationConfig.from_model_config(model.config, seed=cfg.seed)

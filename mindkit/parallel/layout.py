@@ -1,0 +1,36 @@
+"""Each parameter's tensor-parallel layout, read from the layers that declare it (ARCHITECTURE principle 1):
+full shapes for checking checkpoints, and this rank's slice of a full weight."""
+import numpy as np
+
+from mindkit.models.layers import ParallelLayout
+from mindkit.parallel.tensor_parallel import TPGroup
+
+REPLICATED = (None, TPGroup())
+
+
+def param_layouts(model):
+    """parameter name -> (split_axis, tp group); parameters outside parallel layers are replicated."""
+    layouts = {}
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, ParallelLayout):
+            for p in cell.get_parameters(expand=False):
+                layouts[p.name] = (cell.split_axis, cell.tp)
+    return {p.name: layouts.get(p.name, REPLICATED) for p in model.get_parameters()}
+
+
+def full_shapes(model):
+    """parameter name -> the shape of the whole (unsplit) weight, as a checkpoint stores it."""
+    out = {}
+    for p, (axis, tp) in zip(model.get_parameters(), param_layouts(model).values()):
+        shape = list(p.shape)
+        if axis is not None:
+            shape[axis] *= tp.size
+        out[p.name] = tuple(shape)
+    return out
+
+
+def shard(full, axis, tp):
+    """This rank's slice of a full weight along ``axis``."""
+    if axis is None or tp.size == 1:
+        return full
+    return np.split(full, tp.size, axis=axis)[tp.rank]
