@@ -170,7 +170,7 @@ def test_compiled_mode_gives_the_same_results(tiny_args, capsys):
 @pytest.mark.parametrize("case", ["prompt_not_utf8", "yaml_not_utf8", "base_config_type", "arch_not_mapping",
                                   "vocab_not_sentencepiece", "vocab_not_gguf", "chat_template_syntax",
                                   "register_path_not_py", "register_path_import_error", "save_file_folder_missing",
-                                  "mesh_bigger_than_world", "pipeline_not_yet", "only_save_strategy", "auto_trans_ckpt", "top_p_out_of_range"])
+                                  "mesh_bigger_than_world", "pipeline_not_yet", "auto_trans_ckpt", "top_p_out_of_range"])
 def test_more_bad_inputs_get_one_line(case, tiny_args, capsys, tmp_path):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\xff\xfe\x00not text")
@@ -193,7 +193,6 @@ def test_more_bad_inputs_get_one_line(case, tiny_args, capsys, tmp_path):
                                    "data_parallel=2 x model_parallel=1 x pipeline_stage=1 = 2"),
         "pipeline_not_yet": (["--use_parallel", "True", "--parallel_config.pipeline_stage", "2"],
                              "parallel_config.pipeline_stage"),
-        "only_save_strategy": (["--only_save_strategy", "True"], "only_save_strategy"),
         "auto_trans_ckpt": (["--auto_trans_ckpt", "True"], "auto_trans_ckpt"),
         "top_p_out_of_range": (["--model.model_config.top_p=1.5"], "model.model_config.top_p"),
     }[case]
@@ -228,3 +227,16 @@ def test_use_past_false_recomputes_and_agrees(tiny_args, capsys):
     with_cache = read_results()
     assert run(tiny_args + ["--predict_data", *prompts, "--model.model_config.use_past=False"], capsys)[0] == 0
     assert read_results() == with_cache
+
+
+@pytest.mark.parametrize("fmt", ["ckpt", "json"])
+def test_only_save_strategy_needs_no_weights_and_mindspore_reads_it(fmt, tiny_args, capsys, tmp_path):
+    import mindspore as ms
+    args = tiny_args + ["--only_save_strategy", "True", "--load_checkpoint", "",
+                        "--options", f"parallel.strategy_ckpt_save_file=./x.{fmt}"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    path = tmp_path / "output" / "strategy" / f"ckpt_strategy_rank_0.{fmt}"
+    strategy = ms.build_searched_strategy(str(path))
+    assert "model.layers.1.attention.wq.weight" in strategy and "lm_head.weight" in strategy
+    assert not (tmp_path / "text_generation_result.txt").exists()

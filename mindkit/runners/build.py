@@ -15,14 +15,13 @@ logger = logging.getLogger("mindkit")
 
 
 # Keys that change what a run does, and the value at which they do nothing yet (their code is still to come).
-NOT_YET = {"only_save_strategy": False, "auto_trans_ckpt": False}
+NOT_YET = {"auto_trans_ckpt": False}
 
 
 def check_supported(config):
     for key, inert in NOT_YET.items():
         if getattr(config, key) != inert:
-            raise ConfigError(key, getattr(config, key), f"{inert} (strategy files and checkpoint transforms are "
-                              "not built yet)")
+            raise ConfigError(key, getattr(config, key), f"{inert} (checkpoint transforms are not built yet)")
     pc = config.parallel_config
     if config.use_parallel and pc.pipeline_stage != 1:
         raise ConfigError("parallel_config.pipeline_stage", pc.pipeline_stage, "1 (pipeline parallelism is not built "
@@ -88,7 +87,8 @@ UNSUPPORTED_COMPUTE = {"CPU": ("bfloat16",)}
 
 
 def build_model(config, load=True, mesh=None):
-    """The model of ``config`` with its weights; under a mesh with model_parallel > 1, this rank's shard."""
+    """The model of ``config`` with its weights (zeros when not ``load``); under a mesh with model_parallel > 1,
+    this rank's shard."""
     model_config = build_model_config(config)
     device = config.context.device_target
     for key in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"):
@@ -102,11 +102,9 @@ def build_model(config, load=True, mesh=None):
     model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
     path, key = checkpoint_path(config, model_config) if load else (None, None)
     tp = {"tp": TPGroup(mesh.model_parallel, mesh.mp_rank)} if mesh and mesh.model_parallel > 1 else {}
-    if load:
-        with no_random_init():
-            model = model_cls(model_config, **tp)
-        load_weights(model, path, key)
-    else:
+    with no_random_init():
         model = model_cls(model_config, **tp)
+    if load:
+        load_weights(model, path, key)
     model.set_train(False)
     return model

@@ -17,6 +17,7 @@ from mindkit.generation import GenerationConfig, generate
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.parallel.collectives import all_gather_token_lists
 from mindkit.parallel.mesh import Mesh
+from mindkit.parallel.strategy import save_run_strategy
 from mindkit.registry import register
 from mindkit.runners.build import build_model, build_processor, check_supported, setup_context
 from mindkit.utils.log import setup_file_logging
@@ -29,6 +30,12 @@ def check_writable(path, key):
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise ConfigError(key, path, "a writable file path in an existing folder")
+
+
+def strategy_format(config):
+    """json when MindFormers' ``parallel.strategy_ckpt_save_file`` ends in .json, else MindSpore's protobuf."""
+    name = config.section("parallel").get("strategy_ckpt_save_file") or ""
+    return "json" if str(name).endswith(".json") else "ckpt"
 
 
 class ProgressBar:
@@ -59,6 +66,8 @@ class PredictRunner:
     def run(self):
         cfg = self.config
         check_supported(cfg)
+        if cfg.only_save_strategy:
+            return self.save_strategy_only()
         prompts = read_prompts(cfg.input_data)
         check_writable(cfg.save_file, "save_file")
         setup_context(cfg)
@@ -69,6 +78,8 @@ class PredictRunner:
         t0 = time.perf_counter()
         model = build_model(cfg, mesh=mesh)
         logger.info("model built and weights loaded in %.1f s", time.perf_counter() - t0)
+        if cfg.use_parallel:
+            save_run_strategy(model, mesh, cfg.output_dir, strategy_format(cfg))
         encoded = processor.encode(prompts, model.config.seq_length)
         gen = GenerationConfig.from_model_config(model.config, seed=cfg.seed)
         if tokenizer.eos_token_id is not None and not gen.eos_token_id:
@@ -95,6 +106,14 @@ class PredictRunner:
             f.write(str(results))
         logger.info("results written to %s", os.path.abspath(cfg.save_file))
         return results
+
+    def save_strategy_only(self):
+        """``only_save_strategy``: this rank's strategy file from the model's declarations; no weights, no prompts."""
+        cfg = self.config
+        setup_context(cfg)
+        mesh = Mesh.from_config(cfg)
+        setup_file_logging(cfg.output_dir, mesh.rank)
+        return save_run_strategy(build_model(cfg, load=False, mesh=mesh), mesh, cfg.output_dir, strategy_format(cfg))
 
     def generate_share(self, model, runner, tokenizer, gen, encoded, prompts, batch_size, echo):
         """Generate this replica's prompts batch by batch; returns prompt + generated ids per prompt."""
