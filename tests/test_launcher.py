@@ -155,3 +155,30 @@ def test_tp2_strategy_drives_mindspore_transform_to_the_shards_the_run_loads(tin
         assert set(shards) == set(full)
         for name, (axis, tp) in layouts.items():
             assert np.array_equal(shards[name], shard(full[name], axis, tp)), (rank, name)
+
+
+def test_tp2_loads_a_distributed_checkpoint_of_matching_layout(tiny_ckpt, tiny_sp_model, tmp_path):
+    """load_checkpoint/rank_{r}/ holding each rank's slices (as a TP=2 training run leaves them)."""
+    from mindkit.checkpoint import read_state, save_state
+    from mindkit.config import load_yaml
+    from mindkit.models import LlamaConfig, LlamaForCausalLM
+    from mindkit.parallel.layout import param_layouts, shard
+    from mindkit.parallel.tensor_parallel import TPGroup
+    full = read_state(tiny_ckpt)
+    cfg = LlamaConfig.from_dict(load_yaml(TINY_CONFIG)["model"]["model_config"])
+    for rank in (0, 1):
+        layouts = param_layouts(LlamaForCausalLM(cfg, tp=TPGroup(2, rank)))
+        (tmp_path / "dist" / f"rank_{rank}").mkdir(parents=True)
+        save_state({n: shard(full[n], *layouts[n]) for n in full},
+                   str(tmp_path / "dist" / f"rank_{rank}" / f"tiny_rank_{rank}.ckpt"))
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    assert launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:2]), "1"], single).returncode == 0
+    cmd = tiny_cmd(str(tmp_path / "dist"), tiny_sp_model, PROMPTS[:2],
+                   "--use_parallel True --parallel_config.model_parallel 2")
+    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
+    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
+                   for f in os.listdir(multi / "output" / "msrun_log"))
+    assert proc.returncode == 0, logs[-3000:]
+    assert results(multi) == results(single)
+    assert "rank_1/tiny_rank_1.ckpt" in (multi / "output" / "log" / "rank_1" / "info.log").read_text()

@@ -73,14 +73,33 @@ def check_against_gguf(config, path, key):
             raise CheckpointError(f"model.model_config.{name}", ours, f"{theirs} as recorded in {path}")
 
 
-def load_weights(model, path, key="load_checkpoint"):
-    """Load ``path`` into ``model``; returns the resolved file. Raises CheckpointError naming any mismatch."""
-    path = resolve_checkpoint_file(path, key)
+def rank_folder(path, rank, key="load_checkpoint"):
+    """``path/rank_{rank}`` when ``path`` is a distributed checkpoint (a folder of rank_N folders), else None."""
+    if not path or not os.path.isdir(path):
+        return None
+    ranks = sorted(d for d in os.listdir(path) if d.startswith("rank_") and os.path.isdir(os.path.join(path, d)))
+    if not ranks:
+        return None
+    if f"rank_{rank}" not in ranks:
+        raise CheckpointError(key, path, f"a rank_{rank} folder for this process (found {', '.join(ranks)})")
+    return os.path.join(path, f"rank_{rank}")
+
+
+def load_weights(model, path, key="load_checkpoint", rank=0):
+    """Load ``path`` into ``model``; returns the resolved file. A full checkpoint is sliced to this rank's shard;
+    a distributed one (``path/rank_{rank}/``) must already hold this rank's slices. Raises CheckpointError naming
+    any mismatch."""
+    own = rank_folder(path, rank, key)
+    path = resolve_checkpoint_file(own or path, key)
     if path.endswith(".gguf"):
         check_against_gguf(model.config, path, key)
     state = read_state(path, key)
-    expected = full_shapes(model)
-    state = match_layout(state, expected, model.config.kv_heads)
+    if own:  # this rank's slices: local shapes, local KV heads
+        expected = {p.name: tuple(p.shape) for p in model.get_parameters()}
+        state = match_layout(state, expected, getattr(model, "cache_kv_heads", model.config.kv_heads))
+    else:
+        expected = full_shapes(model)
+        state = match_layout(state, expected, model.config.kv_heads)
     embedding = "model.tok_embeddings.embedding_weight"
     if "lm_head.weight" in state and "lm_head.weight" not in expected and embedding in state:
         # a tied model's head is its embedding; a checkpoint may still carry the (identical) copy
@@ -103,6 +122,7 @@ def load_weights(model, path, key="load_checkpoint"):
             raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}", f"shape {shape}")
     layouts = param_layouts(model)
     for p in model.get_parameters():
-        p.set_data(ms.Tensor(np.ascontiguousarray(shard(state[p.name], *layouts[p.name])), dtype=p.dtype))
+        value = state[p.name] if own else shard(state[p.name], *layouts[p.name])
+        p.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=p.dtype))
     logger.info("loaded %d parameters from %s", len(expected), path)
     return path

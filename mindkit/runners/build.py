@@ -105,6 +105,6 @@ def build_model(config, load=True, mesh=None):
     with no_random_init():
         model = model_cls(model_config, **tp)
     if load:
-        load_weights(model, path, key)
+        load_weights(model, path, key, rank=mesh.rank if mesh else 0)
     model.set_train(False)
     return model
