@@ -1,5 +1,5 @@
-"""Run under msrun by tests/test_launcher.py: the tiny model's logits with model_parallel = world size.
-usage: parallel_logits_worker.py CONFIG CKPT OUT.npy QKV_CONCAT"""
+"""Run under msrun by tests/test_launcher.py: the tiny model's logits with model_parallel (tp) or pipeline_stage (pp)
+equal to the world size.  usage: parallel_logits_worker.py CONFIG CKPT OUT.npy QKV_CONCAT tp|pp"""
 import sys
 
 import mindspore as ms
@@ -12,11 +12,16 @@ communication.init()
 from mindkit.checkpoint import load_weights  # noqa: E402
 from mindkit.config import load_yaml  # noqa: E402
 from mindkit.models import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from mindkit.parallel.pipeline import PipelineStage, stage_layer_counts  # noqa: E402
 from mindkit.parallel.tensor_parallel import TPGroup  # noqa: E402
 
-config_path, ckpt, out, qkv_concat = sys.argv[1:5]
+config_path, ckpt, out, qkv_concat, kind = sys.argv[1:6]
 cfg = LlamaConfig.from_dict({**load_yaml(config_path)["model"]["model_config"], "qkv_concat": qkv_concat == "True"})
-model = LlamaForCausalLM(cfg, tp=TPGroup(communication.get_group_size(), communication.get_rank()))
+world, rank = communication.get_group_size(), communication.get_rank()
+if kind == "tp":
+    model = LlamaForCausalLM(cfg, tp=TPGroup(world, rank))
+else:
+    model = LlamaForCausalLM(cfg, stage=PipelineStage(world, rank, tuple(stage_layer_counts(cfg.num_layers, world))))
 load_weights(model, ckpt)
 logits = model.forward_full([[1, 5, 9, 30, 77, 120, 3], [1, 200, 17, 4, 4, 4, 8]]).asnumpy()
 if communication.get_rank() == 0:

@@ -170,7 +170,7 @@ def test_compiled_mode_gives_the_same_results(tiny_args, capsys):
 @pytest.mark.parametrize("case", ["prompt_not_utf8", "yaml_not_utf8", "base_config_type", "arch_not_mapping",
                                   "vocab_not_sentencepiece", "vocab_not_gguf", "chat_template_syntax",
                                   "register_path_not_py", "register_path_import_error", "save_file_folder_missing",
-                                  "mesh_bigger_than_world", "pipeline_not_yet", "auto_trans_ckpt", "top_p_out_of_range"])
+                                  "mesh_bigger_than_world", "parallel_combination_not_yet", "auto_trans_ckpt", "top_p_out_of_range"])
 def test_more_bad_inputs_get_one_line(case, tiny_args, capsys, tmp_path):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\xff\xfe\x00not text")
@@ -191,8 +191,8 @@ def test_more_bad_inputs_get_one_line(case, tiny_args, capsys, tmp_path):
         "save_file_folder_missing": (["--options", f"save_file={tmp_path}/no/such/dir/out.txt"], "save_file"),
         "mesh_bigger_than_world": (["--use_parallel", "True", "--parallel_config.data_parallel", "2"],
                                    "data_parallel=2 x model_parallel=1 x pipeline_stage=1 = 2"),
-        "pipeline_not_yet": (["--use_parallel", "True", "--parallel_config.pipeline_stage", "2"],
-                             "parallel_config.pipeline_stage"),
+        "parallel_combination_not_yet": (["--use_parallel", "True", "--parallel_config.data_parallel", "2",
+                                          "--parallel_config.pipeline_stage", "2"], "at most one of them above 1"),
         "auto_trans_ckpt": (["--auto_trans_ckpt", "True"], "auto_trans_ckpt"),
         "top_p_out_of_range": (["--model.model_config.top_p=1.5"], "model.model_config.top_p"),
     }[case]

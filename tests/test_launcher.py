@@ -109,15 +109,16 @@ def test_tensor_parallel_two_processes_equal_single_process(qkv_concat, mode, ti
     assert results(multi) == results(single)
 
 
-@pytest.mark.parametrize("qkv_concat", [False, True], ids=["separate", "fused"])
-def test_tensor_parallel_logits_match_single_process(qkv_concat, tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("kind,qkv_concat", [("tp", False), ("tp", True), ("pp", False)],
+                         ids=["tp-separate", "tp-fused", "pp"])
+def test_parallel_logits_match_single_process(kind, qkv_concat, tiny_ckpt, tmp_path):
     import numpy as np
     from mindkit.checkpoint import load_weights
     from mindkit.config import load_yaml
     from mindkit.models import LlamaConfig, LlamaForCausalLM
     worker = os.path.join(REPO, "tests", "parallel_logits_worker.py")
     out = tmp_path / "tp_logits.npy"
-    proc = launch([f"{worker} {TINY_CONFIG} {tiny_ckpt} {out} {qkv_concat}", "2", str(free_port()),
+    proc = launch([f"{worker} {TINY_CONFIG} {tiny_ckpt} {out} {qkv_concat} {kind}", "2", str(free_port()),
                    str(tmp_path / "log"), "True", "240"], tmp_path)
     assert proc.returncode == 0, "".join(p.read_text(errors="replace") for p in (tmp_path / "log").iterdir())[-3000:]
     cfg = LlamaConfig.from_dict({**load_yaml(TINY_CONFIG)["model"]["model_config"], "qkv_concat": qkv_concat})
@@ -182,3 +183,18 @@ def test_tp2_loads_a_distributed_checkpoint_of_matching_layout(tiny_ckpt, tiny_s
     assert proc.returncode == 0, logs[-3000:]
     assert results(multi) == results(single)
     assert "rank_1/tiny_rank_1.ckpt" in (multi / "output" / "log" / "rank_1" / "info.log").read_text()
+
+
+@pytest.mark.parametrize("stages,mode", [("2", 1), ("[1,1]", 0)], ids=["even", "list-mode0"])
+def test_pipeline_two_stages_equal_single_process(stages, mode, tiny_ckpt, tiny_sp_model, tmp_path):
+    """pipeline_stage=2: rank 0 runs layer 0 and hands its activations to rank 1, which runs layer 1 and the head."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    assert launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], f"--mode {mode}"), "1"], single).returncode == 0
+    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
+                   f"--mode {mode} --use_parallel True --parallel_config.pipeline_stage={stages}")
+    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
+    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
+                   for f in os.listdir(multi / "output" / "msrun_log"))
+    assert proc.returncode == 0, logs[-3000:]
+    assert results(multi) == results(single)

@@ -101,7 +101,7 @@ def load_weights(model, path, key="load_checkpoint", rank=0):
         expected = full_shapes(model)
         state = match_layout(state, expected, model.config.kv_heads)
     embedding = "model.tok_embeddings.embedding_weight"
-    if "lm_head.weight" in state and "lm_head.weight" not in expected and embedding in state:
+    if model.config.tie_word_embeddings and "lm_head.weight" in state and embedding in state:
         # a tied model's head is its embedding; a checkpoint may still carry the (identical) copy
         if not np.array_equal(state["lm_head.weight"], state[embedding]):
             raise CheckpointError(f"{path}: parameter lm_head.weight", "a head different from the embedding",
@@ -109,7 +109,8 @@ def load_weights(model, path, key="load_checkpoint", rank=0):
                                   hint="set model.model_config.tie_word_embeddings: False")
         del state["lm_head.weight"]
     missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+    foreign = getattr(model, "foreign_param", lambda name: False)  # held by another pipeline stage
+    extra = sorted(n for n in set(state) - set(expected) if not foreign(n))
     if missing:
         raise CheckpointError(f"{path}: parameter {missing[0]}", "missing", f"shape {expected[missing[0]]}",
                               hint=f"{len(missing)} missing in all" if len(missing) > 1 else None)

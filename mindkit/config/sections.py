@@ -54,7 +54,7 @@ class ParallelConfig(Section):
     STRICT: typing.ClassVar[bool] = True
     data_parallel: int = 1
     model_parallel: int = 1
-    pipeline_stage: int = 1
+    pipeline_stage: Union[int, list] = 1   # stages, or the layer count of each stage: [2, 2, 3, 3]
     context_parallel: int = 1
     expert_parallel: int = 1
     micro_batch_num: int = 1
@@ -68,12 +68,15 @@ class ParallelConfig(Section):
     pp_interleave_num: int = 1
 
     def validate(self):
-        check_positive(self, "data_parallel", "model_parallel", "pipeline_stage", "context_parallel",
-                       "expert_parallel", "micro_batch_num")
+        check_positive(self, "data_parallel", "model_parallel", "context_parallel", "expert_parallel",
+                       "micro_batch_num")
+        if self.stages < 1:
+            raise ConfigError("parallel_config.pipeline_stage", self.pipeline_stage,
+                              "a number of stages >= 1, or a list of layer counts")
 
     @property
-    def world_size(self):
-        return self.data_parallel * self.model_parallel * self.pipeline_stage
+    def stages(self):
+        return len(self.pipeline_stage) if isinstance(self.pipeline_stage, list) else self.pipeline_stage
 
 
 @dataclasses.dataclass

@@ -41,6 +41,6 @@ class KVCache(nn.Cell):
 
     @classmethod
     def for_model(cls, model, batch, slots):
-        """The cache ``model`` reads and writes: its layers, its KV heads on this rank, head_dim, compute dtype."""
+        """The cache ``model`` reads and writes: its (pipeline stage's) layers, its KV heads on this rank."""
         cfg = model.config
-        return cls(cfg.num_layers, batch, model.cache_kv_heads, slots, cfg.head_dim, ms_dtype(cfg.compute_dtype))
+        return cls(model.cache_layers, batch, model.cache_kv_heads, slots, cfg.head_dim, ms_dtype(cfg.compute_dtype))

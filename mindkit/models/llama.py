@@ -4,6 +4,8 @@ Shapes: B batch, L new tokens this call, S KV-cache slots. Prompts are left-padd
 cache slots; ``positions`` (B, L) are each row's RoPE positions and ``key_valid`` (B, S) marks real (non-pad)
 cache slots, so padding never changes a row's result.
 """
+import re
+
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -11,6 +13,7 @@ from mindspore import Tensor, nn, ops
 from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
                                    rotate_half_matrix)
 from mindkit.models.llama_config import LlamaConfig
+from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.registry import register
 
@@ -108,12 +111,38 @@ class LlamaDecodeLayer(nn.Cell):
         return h + cast(self.feed_forward(self.ffn_norm(h)), x.dtype)
 
 
-class LlamaModel(nn.Cell):
-    def __init__(self, cfg: LlamaConfig, tp=TPGroup()):
+class Handoff(nn.Cell):
+    """Pipeline hand-off: the ``root`` stage's tensor, on every stage, as a sum in which the other stages add zeros
+    (exact). MindSpore has no CPU Send/Receive kernels; run op by op (compiled graphs fail to launch collectives
+    whose input folds to a constant, as a non-root stage's zeros do)."""
+
+    def __init__(self, root, stage):
         super().__init__()
-        self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type, tp=tp)
-        self.layers = nn.CellList([LlamaDecodeLayer(cfg, tp) for _ in range(cfg.num_layers)])
-        self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type, cfg.layernorm_compute_type)
+        self.is_root = root == stage
+        self.reduce = ops.AllReduce()
+
+    def construct(self, x):
+        return self.reduce(x if self.is_root else ops.zeros_like(x))
+
+
+class LlamaModel(nn.Cell):
+    """Embedding, decoder layers, final norm. A pipeline stage holds only its layers (the others are empty
+    placeholders, so parameter names keep their global layer index), the embedding if it is the first stage (or the
+    last, when the head is tied to it), and the final norm if it is the last."""
+
+    def __init__(self, cfg: LlamaConfig, tp=TPGroup(), stage=PipelineStage()):
+        super().__init__()
+        mine = stage.layers or range(cfg.num_layers)
+        self.start, self.end, self.stages, self.stage = mine.start, mine.stop, stage.size, stage.rank
+        self.first, self.last, self.hidden = stage.first, stage.last, cfg.hidden_size
+        if stage.first or (stage.last and cfg.tie_word_embeddings):
+            self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type, tp=tp)
+        self.layers = nn.CellList([LlamaDecodeLayer(cfg, tp) if i in mine else nn.Identity()
+                                   for i in range(cfg.num_layers)])
+        if stage.last:
+            self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type,
+                                    cfg.layernorm_compute_type)
+        self.handoffs = nn.CellList([Handoff(s, stage.rank) for s in range(stage.size - 1)])
         self.cos, self.sin = rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta)  # float32: gathered per call
         self.rotary_dtype = ms_dtype(cfg.rotary_dtype)
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
@@ -127,10 +156,22 @@ class LlamaModel(nn.Cell):
         mask = ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
         cos = cast(cast(ops.gather(self.cos, positions, 0).reshape(B, L, 1, -1), self.rotary_dtype), self.compute_dtype)
         sin = cast(cast(ops.gather(self.sin, positions, 0).reshape(B, L, 1, -1), self.rotary_dtype), self.compute_dtype)
-        h = cast(self.tok_embeddings(input_ids), self.compute_dtype)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, caches[i], start)
-        return self.norm_out(h)
+        if self.first:
+            h = cast(self.tok_embeddings(input_ids), self.compute_dtype)
+        else:
+            h = ops.zeros((B, L, self.hidden), self.compute_dtype)
+        for s in range(self.stages - 1):  # earlier stages run in turn and hand their output on
+            if s == self.stage:
+                h = self._run_layers(h, cos, sin, mask, caches, start)
+            h = self.handoffs[s](h)
+        if self.last:
+            return self.norm_out(self._run_layers(h, cos, sin, mask, caches, start))
+        return h
+
+    def _run_layers(self, h, cos, sin, mask, caches, start):
+        for i in range(self.start, self.end):
+            h = self.layers[i](h, cos, sin, mask, caches[i - self.start], start)
+        return h
 
 
 @register("model")
@@ -138,29 +179,45 @@ class LlamaForCausalLM(nn.Cell):
     """``model.*`` backbone + ``lm_head`` (absent when ``tie_word_embeddings``: the embedding is the LM head).
     With a tensor-parallel group ``tp`` each rank computes the logits of its vocabulary slice; they are gathered."""
 
-    def __init__(self, config: LlamaConfig, tp=TPGroup()):
+    def __init__(self, config: LlamaConfig, tp=TPGroup(), stage=PipelineStage()):
         super().__init__()
         self.config, self.tp = config, tp
-        self.model = LlamaModel(config, tp)
-        if not config.tie_word_embeddings:
+        self.model = LlamaModel(config, tp, stage)
+        self.holds_head, self.pipelined = stage.last, stage.size > 1
+        if not config.tie_word_embeddings and stage.last:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, config.param_init_type,
                                   config.compute_dtype, split_axis=0, tp=tp)
         self.tied = config.tie_word_embeddings
         self.head_matmul = ops.MatMul(transpose_b=True)
         self.gather = tp.all_gather()
+        self.logits_handoff = Handoff(stage.size - 1, stage.rank) if stage.size > 1 else None  # last stage's logits
         self.compute_dtype = ms_dtype(config.compute_dtype)
-        self.cache_kv_heads = self.model.layers[0].attention.n_kv if config.num_layers else 0
+        self.stage_layers = range(self.model.start, self.model.end)
+        self.cache_layers = len(self.stage_layers)
+        self.cache_kv_heads = self.model.layers[self.model.start].attention.n_kv if self.cache_layers else 0
+
+    def foreign_param(self, name):
+        """A checkpoint parameter another pipeline stage holds (not an error when this stage does not)."""
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        if m:
+            return int(m.group(1)) not in self.stage_layers
+        return name in ("model.tok_embeddings.embedding_weight", "model.norm_out.weight", "lm_head.weight")
 
     def construct(self, input_ids, positions, key_valid, start, caches, last_only=True):
         h = self.model(input_ids, positions, key_valid, start, caches)
         if last_only:
             h = h[:, -1:]
         B, L, H = h.shape
-        h = cast(h.reshape(B * L, H), self.compute_dtype)
-        weight = self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
-        logits = cast(self.head_matmul(h, cast(weight, self.compute_dtype)), ms.float32)
-        if self.gather is not None:  # (tp * B * L, V / tp) -> (B * L, V)
-            logits = self.gather(logits).reshape(self.tp.size, B * L, -1).transpose(1, 0, 2)
+        if self.holds_head:
+            h = cast(h.reshape(B * L, H), self.compute_dtype)
+            weight = self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
+            logits = cast(self.head_matmul(h, cast(weight, self.compute_dtype)), ms.float32)
+            if self.gather is not None:  # (tp * B * L, V / tp) -> (B * L, V)
+                logits = self.gather(logits).reshape(self.tp.size, B * L, -1).transpose(1, 0, 2)
+        else:
+            logits = ops.zeros((B * L, self.config.vocab_size), ms.float32)
+        if self.logits_handoff is not None:
+            logits = self.logits_handoff(logits)
         return logits.reshape(B, L, -1)
 
     def forward_full(self, input_ids):

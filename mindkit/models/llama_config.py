@@ -45,6 +45,7 @@ class LlamaConfig(Section):
     num_blocks: int = 512
     is_dynamic: bool = False
     qkv_concat: bool = False
+    offset: Union[int, list] = 0             # MindFormers: per-pipeline-stage additions to the even layer split
     tie_word_embeddings: bool = False
     checkpoint_name_or_path: Optional[str] = ""
     # generation defaults (MindFormers keeps them in model_config)

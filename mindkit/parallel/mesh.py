@@ -42,7 +42,7 @@ class Mesh:
         pc = config.parallel_config
         if not config.use_parallel:
             return cls()
-        dims = (pc.data_parallel, pc.model_parallel, pc.pipeline_stage)
+        dims = (pc.data_parallel, pc.model_parallel, pc.stages)
         launched = int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")))
         if launched > 1:
             from mindspore import communication

@@ -8,6 +8,7 @@ from mindkit import registry
 from mindkit.checkpoint import load_weights
 from mindkit.errors import ConfigError
 from mindkit.models.layers import no_random_init
+from mindkit.parallel.pipeline import PipelineStage, stage_layer_counts
 from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.utils.paths import resolve_path
 
@@ -23,12 +24,10 @@ def check_supported(config):
         if getattr(config, key) != inert:
             raise ConfigError(key, getattr(config, key), f"{inert} (checkpoint transforms are not built yet)")
     pc = config.parallel_config
-    if config.use_parallel and pc.pipeline_stage != 1:
-        raise ConfigError("parallel_config.pipeline_stage", pc.pipeline_stage, "1 (pipeline parallelism is not built "
-                          "yet; data_parallel and model_parallel are)")
-    if config.use_parallel and pc.model_parallel > 1 and pc.data_parallel > 1:
-        raise ConfigError("parallel_config", f"data_parallel={pc.data_parallel}, model_parallel={pc.model_parallel}",
-                          "one of them 1 (data and tensor parallelism together are not built yet)")
+    if config.use_parallel and sum(d > 1 for d in (pc.data_parallel, pc.model_parallel, pc.stages)) > 1:
+        raise ConfigError("parallel_config", f"data_parallel={pc.data_parallel}, model_parallel={pc.model_parallel}, "
+                          f"pipeline_stage={pc.pipeline_stage}", "at most one of them above 1 (combining data, "
+                          "tensor and pipeline parallelism is not built yet)")
 
 
 def setup_context(config):
@@ -101,9 +100,15 @@ def build_model(config, load=True, mesh=None):
         raise ConfigError("model.arch", arch, "a mapping with a 'type' key")
     model_cls = registry.get("model", arch.get("type"), key="model.arch.type")
     path, key = checkpoint_path(config, model_config) if load else (None, None)
-    tp = {"tp": TPGroup(mesh.model_parallel, mesh.mp_rank)} if mesh and mesh.model_parallel > 1 else {}
+    parts = {}
+    if mesh and mesh.model_parallel > 1:
+        parts["tp"] = TPGroup(mesh.model_parallel, mesh.mp_rank)
+    if mesh and mesh.pipeline_stage > 1:
+        counts = stage_layer_counts(model_config.num_layers, config.parallel_config.pipeline_stage,
+                                    getattr(model_config, "offset", 0))
+        parts["stage"] = PipelineStage(mesh.pipeline_stage, mesh.pp_rank, tuple(counts))
     with no_random_init():
-        model = model_cls(model_config, **tp)
+        model = model_cls(model_config, **parts)
     if load:
         load_weights(model, path, key, rank=mesh.rank if mesh else 0)
     model.set_train(False)
