@@ -28,17 +28,17 @@ def layout_items(model, mesh):
     return items
 
 
-def write_strategy(items, path):
-    """Write ``items`` as JSON when ``path`` ends in .json, else as MindSpore's protobuf."""
+def write_strategy(items, path, stage=0):
+    """Write ``items`` (of pipeline ``stage``) as JSON when ``path`` ends in .json, else as MindSpore's protobuf."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.exists(path):
         logger.info("replacing the previous %s", path)
     if path.endswith(".json"):
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"current_stage": 0, "parallel_layout_item": items}, f, indent=1)
+            json.dump({"current_stage": stage, "parallel_layout_item": items}, f, indent=1)
         return path
     from mindspore.train import node_strategy_pb2
-    strategy = node_strategy_pb2.ParallelStrategyMap(current_stage=0)
+    strategy = node_strategy_pb2.ParallelStrategyMap(current_stage=stage)
     for name, item in items.items():
         layouts = strategy.parallel_layout_item.add(param_name=name).parallel_layouts
         layouts.dev_matrix.add().dim.extend(item["dev_matrix"])
@@ -53,8 +53,8 @@ def write_strategy(items, path):
 
 
 def save_run_strategy(model, mesh, output_dir, fmt="ckpt"):
-    """``{output_dir}/strategy/ckpt_strategy_rank_{rank}.{ckpt|json}`` for this rank."""
+    """``{output_dir}/strategy/ckpt_strategy_rank_{rank}.{ckpt|json}`` for this rank: the parameters it holds."""
     path = os.path.join(output_dir, "strategy", f"ckpt_strategy_rank_{mesh.rank}.{fmt}")
-    write_strategy(layout_items(model, mesh), path)
+    write_strategy(layout_items(model, mesh), path, stage=mesh.pp_rank)
     logger.info("strategy written to %s", path)
     return path
