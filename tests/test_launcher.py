@@ -198,3 +198,23 @@ def test_pipeline_two_stages_equal_single_process(stages, mode, tiny_ckpt, tiny_
                    for f in os.listdir(multi / "output" / "msrun_log"))
     assert proc.returncode == 0, logs[-3000:]
     assert results(multi) == results(single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,mesh", [(2, "--parallel_config.pipeline_stage 2"),
+                                          (3, "--parallel_config.model_parallel 3")], ids=["pp2", "tp3"])
+def test_real_model_distributed_equals_single_process(workers, mesh, tmp_path):
+    """SmolLM2-135M: 30 layers as 2 pipeline stages, or its 9 heads / 3 KV heads split 3 ways."""
+    config = os.path.join(REPO, "configs/smollm2/predict_smollm2_135m.yaml")
+    base = (f"{os.path.join(REPO, 'run_mindformer.py')} --config {config} --max_new_tokens 16 "
+            "--predict_data 'What is the capital of France?' 'Name a color.'")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    assert launch([base, "1"], single).returncode == 0
+    proc = launch([f"{base} --use_parallel True {mesh}", str(workers), str(free_port()), "output/msrun_log", "True",
+                   "500"], multi, timeout=600)
+    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
+                   for f in os.listdir(multi / "output" / "msrun_log"))
+    assert proc.returncode == 0, logs[-3000:]
+    assert results(multi) == results(single)
+    assert "Paris" in results(multi)[0]["text_generation_text"][0]
