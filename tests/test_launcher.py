@@ -44,6 +44,20 @@ def results(folder):
     return ast.literal_eval((folder / "text_generation_result.txt").read_text(encoding="utf-8"))
 
 
+def single_and_distributed(single_cmd, distributed_cmd, workers, tmp_path, timeout=300):
+    """Run ``single_cmd`` in one process and ``distributed_cmd`` through msrun; return both results files."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    proc = launch([single_cmd, "1"], single, timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = launch([distributed_cmd, str(workers), str(free_port()), "output/msrun_log", "True", str(timeout - 60)],
+                  multi, timeout)
+    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
+                   for f in os.listdir(multi / "output" / "msrun_log"))
+    assert proc.returncode == 0, logs[-3000:]
+    return results(single), results(multi)
+
+
 PROMPTS = ["the cat sat on the mat", "a dog ran far away", "big red car", "the sun and the moon", "one two three"]
 
 
@@ -55,20 +69,14 @@ def test_one_worker_runs_in_process_with_prompts_intact(tiny_ckpt, tiny_sp_model
 
 
 def test_data_parallel_two_processes_equal_single_process(tiny_ckpt, tiny_sp_model, tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    single.mkdir(), multi.mkdir()
-    proc = launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS), "1"], single)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS, "--use_parallel True --parallel_config.data_parallel 2")
-    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
-    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
-                   for f in os.listdir(multi / "output" / "msrun_log"))
-    assert proc.returncode == 0, logs[-3000:]
+    one, two = single_and_distributed(
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS),
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS, "--use_parallel True --parallel_config.data_parallel 2"),
+        2, tmp_path)
     flat = lambda rs: [t for r in rs for t in r["text_generation_text"]]  # noqa: E731
-    assert flat(results(multi)) == flat(results(single))
-    assert [len(r["text_generation_text"]) for r in results(multi)] == [2, 1, 2]   # shares 3 + 2, batches of 2
-    assert (multi / "output" / "log" / "rank_1" / "info.log").exists()
-    assert "generate speed" in (multi / "output" / "log" / "rank_1" / "info.log").read_text()
+    assert flat(two) == flat(one)
+    assert [len(r["text_generation_text"]) for r in two] == [2, 1, 2]   # shares 3 + 2, batches of 2
+    assert "generate speed" in (tmp_path / "multi" / "output" / "log" / "rank_1" / "info.log").read_text()
 
 
 def test_a_failing_rank_fails_the_job_with_its_error(tiny_ckpt, tiny_sp_model, tmp_path):
@@ -95,18 +103,12 @@ def test_a_failing_rank_fails_the_job_with_its_error(tiny_ckpt, tiny_sp_model, t
 @pytest.mark.parametrize("qkv_concat,mode", [(False, 1), (True, 0)], ids=["separate-eager", "fused-compiled"])
 def test_tensor_parallel_two_processes_equal_single_process(qkv_concat, mode, tiny_ckpt, tiny_sp_model, tmp_path):
     """model_parallel=2: column/row-split projections, vocab-split embedding and head, 2 of 4 heads per rank."""
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    single.mkdir(), multi.mkdir()
     fused = f"--model.model_config.qkv_concat={qkv_concat} --mode {mode}"
-    proc = launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], fused), "1"], single)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
-                   f"{fused} --use_parallel True --parallel_config.model_parallel 2")
-    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
-    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
-                   for f in os.listdir(multi / "output" / "msrun_log"))
-    assert proc.returncode == 0, logs[-3000:]
-    assert results(multi) == results(single)
+    one, two = single_and_distributed(
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], fused),
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
+                 f"{fused} --use_parallel True --parallel_config.model_parallel 2"), 2, tmp_path)
+    assert two == one
 
 
 @pytest.mark.parametrize("kind,qkv_concat", [("tp", False), ("tp", True), ("pp", False)],
@@ -172,32 +174,22 @@ def test_tp2_loads_a_distributed_checkpoint_of_matching_layout(tiny_ckpt, tiny_s
         (tmp_path / "dist" / f"rank_{rank}").mkdir(parents=True)
         save_state({n: shard(full[n], *layouts[n]) for n in full},
                    str(tmp_path / "dist" / f"rank_{rank}" / f"tiny_rank_{rank}.ckpt"))
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    single.mkdir(), multi.mkdir()
-    assert launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:2]), "1"], single).returncode == 0
-    cmd = tiny_cmd(str(tmp_path / "dist"), tiny_sp_model, PROMPTS[:2],
-                   "--use_parallel True --parallel_config.model_parallel 2")
-    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
-    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
-                   for f in os.listdir(multi / "output" / "msrun_log"))
-    assert proc.returncode == 0, logs[-3000:]
-    assert results(multi) == results(single)
-    assert "rank_1/tiny_rank_1.ckpt" in (multi / "output" / "log" / "rank_1" / "info.log").read_text()
+    one, two = single_and_distributed(
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:2]),
+        tiny_cmd(str(tmp_path / "dist"), tiny_sp_model, PROMPTS[:2],
+                 "--use_parallel True --parallel_config.model_parallel 2"), 2, tmp_path)
+    assert two == one
+    assert "rank_1/tiny_rank_1.ckpt" in (tmp_path / "multi" / "output" / "log" / "rank_1" / "info.log").read_text()
 
 
 @pytest.mark.parametrize("stages,mode", [("2", 1), ("[1,1]", 0)], ids=["even", "list-mode0"])
 def test_pipeline_two_stages_equal_single_process(stages, mode, tiny_ckpt, tiny_sp_model, tmp_path):
     """pipeline_stage=2: rank 0 runs layer 0 and hands its activations to rank 1, which runs layer 1 and the head."""
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    single.mkdir(), multi.mkdir()
-    assert launch([tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], f"--mode {mode}"), "1"], single).returncode == 0
-    cmd = tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
-                   f"--mode {mode} --use_parallel True --parallel_config.pipeline_stage={stages}")
-    proc = launch([cmd, "2", str(free_port()), "output/msrun_log", "True", "240"], multi)
-    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
-                   for f in os.listdir(multi / "output" / "msrun_log"))
-    assert proc.returncode == 0, logs[-3000:]
-    assert results(multi) == results(single)
+    one, two = single_and_distributed(
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], f"--mode {mode}"),
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
+                 f"--mode {mode} --use_parallel True --parallel_config.pipeline_stage={stages}"), 2, tmp_path)
+    assert two == one
 
 
 @pytest.mark.slow
@@ -208,13 +200,6 @@ def test_real_model_distributed_equals_single_process(workers, mesh, tmp_path):
     config = os.path.join(REPO, "configs/smollm2/predict_smollm2_135m.yaml")
     base = (f"{os.path.join(REPO, 'run_mindformer.py')} --config {config} --max_new_tokens 16 "
             "--predict_data 'What is the capital of France?' 'Name a color.'")
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    single.mkdir(), multi.mkdir()
-    assert launch([base, "1"], single).returncode == 0
-    proc = launch([f"{base} --use_parallel True {mesh}", str(workers), str(free_port()), "output/msrun_log", "True",
-                   "500"], multi, timeout=600)
-    logs = "".join((multi / "output" / "msrun_log" / f).read_text(errors="replace")
-                   for f in os.listdir(multi / "output" / "msrun_log"))
-    assert proc.returncode == 0, logs[-3000:]
-    assert results(multi) == results(single)
-    assert "Paris" in results(multi)[0]["text_generation_text"][0]
+    one, two = single_and_distributed(base, f"{base} --use_parallel True {mesh}", workers, tmp_path, timeout=600)
+    assert two == one
+    assert "Paris" in two[0]["text_generation_text"][0]

@@ -2,6 +2,7 @@
 
 Precedence (MindFormers'): YAML < explicit flags < ``--options k=v`` < free-form ``--a.b.c=v``.
 """
+import contextlib
 import copy
 import json
 import os
@@ -57,10 +58,8 @@ def parse_value(text):
     if not isinstance(text, str):
         return text
     for conv in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return conv(text)
-        except ValueError:
-            pass
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"

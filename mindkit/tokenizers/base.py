@@ -1,25 +1,30 @@
 """What every tokenizer offers the rest of mindkit: text ↔ ids, special ids, and the chat template."""
+import abc
+
 import jinja2
 
 from mindkit.errors import ConfigError, InputError
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
     bos_token_id = None
     eos_token_id = None
     pad_token_id = None
     add_bos_token = False
     chat_template = None
 
+    @abc.abstractmethod
     def encode(self, text, add_special_tokens=True):
-        raise NotImplementedError
+        """Text -> token ids (with BOS/EOS as the tokenizer adds them, unless ``add_special_tokens`` is False)."""
 
+    @abc.abstractmethod
     def decode(self, ids, skip_special_tokens=True):
-        raise NotImplementedError
+        """Token ids -> text."""
 
     @property
+    @abc.abstractmethod
     def vocab_size(self):
-        raise NotImplementedError
+        """Number of token ids."""
 
     def __call__(self, text, add_special_tokens=True):
         if isinstance(text, str):

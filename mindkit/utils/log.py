@@ -10,13 +10,7 @@ logger = logging.getLogger("mindkit")
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (it may be redirected after set-up)."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
 
 
 def setup_console_logging(level=logging.INFO):
