@@ -32,6 +32,11 @@ def check_writable(path, key):
         raise ConfigError(key, path, "a writable file path in an existing folder")
 
 
+def show_answers(prompts, answers):
+    for prompt, answer in zip(prompts, answers):
+        print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
+
+
 def strategy_format(config):
     """json when MindFormers' ``parallel.strategy_ckpt_save_file`` ends in .json, else MindSpore's protobuf."""
     name = config.section("parallel").get("strategy_ckpt_save_file") or ""
@@ -96,8 +101,7 @@ class PredictRunner:
             return None
         sequences = [seq for part in gathered[::mesh.model_parallel * mesh.pipeline_stage] for seq in part]
         if mesh.world_size > 1:
-            for prompt, seq, ids in zip(prompts, sequences, encoded):
-                print(f"prompt: {prompt}\nanswer: {tokenizer.decode(seq[len(ids):])}\n", flush=True)
+            show_answers(prompts, tokenizer.batch_decode([seq[len(ids):] for seq, ids in zip(sequences, encoded)]))
         results = [{"text_generation_text": tokenizer.batch_decode([sequences[i] for i in share[b:b + batch_size]])}
                    for share in shares for b in range(0, len(share), batch_size)]
         if os.path.exists(cfg.save_file):
@@ -123,9 +127,7 @@ class PredictRunner:
             out = generate(model, encoded[start:start + batch_size], gen, runner=runner)
             sequences.extend(out.sequences)
             if echo:
-                answers = tokenizer.batch_decode(out.new_tokens)
-                for prompt, answer in zip(prompts[start:start + batch_size], answers):
-                    print(f"prompt: {prompt}\nanswer: {answer}\n", flush=True)
+                show_answers(prompts[start:start + batch_size], tokenizer.batch_decode(out.new_tokens))
             total_tokens += out.generated_tokens
             total_time += out.total_time
             ttfts.append(out.time_to_first_token)
