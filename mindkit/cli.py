@@ -113,14 +113,24 @@ def config_from_args(argv):
 
 
 def main(argv=None):
-    from mindkit.utils.log import log_to_files, setup_console_logging
+    from mindkit.utils.log import setup_console_logging
     setup_console_logging()
-    try:
+
+    def run():
         config, args = config_from_args(sys.argv[1:] if argv is None else argv)
         from mindkit import registry
         registry.load_register_path(args.register_path)
         runner_cls = registry.get("runner", config.run_mode, key="run_mode")
         runner_cls(config).run()
+    return run_tool(run)
+
+
+def run_tool(fn):
+    """Run ``fn`` (the body of the CLI or a script): a MindkitError is one ``error:`` line and exit code 1; a bug
+    of ours is one line too, with the traceback in error.log."""
+    from mindkit.utils.log import log_to_files
+    try:
+        fn()
     except MindkitError as e:
         log_to_files(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
@@ -136,4 +146,4 @@ def main(argv=None):
     return 0
 
 
-__all__ = ["main", "config_from_args", "parse_value"]
+__all__ = ["main", "run_tool", "config_from_args", "parse_value"]

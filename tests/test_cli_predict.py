@@ -193,7 +193,8 @@ def test_more_bad_inputs_get_one_line(case, tiny_args, capsys, tmp_path):
                                    "data_parallel=2 x model_parallel=1 x pipeline_stage=1 = 2"),
         "parallel_combination_not_yet": (["--use_parallel", "True", "--parallel_config.data_parallel", "2",
                                           "--parallel_config.pipeline_stage", "2"], "at most one of them above 1"),
-        "auto_trans_ckpt": (["--auto_trans_ckpt", "True"], "auto_trans_ckpt"),
+        "auto_trans_ckpt": (["--auto_trans_ckpt", "True", "--src_strategy_path_or_dir", "no/such/strategy"],
+                            "src_strategy_path_or_dir"),
         "top_p_out_of_range": (["--model.model_config.top_p=1.5"], "model.model_config.top_p"),
     }[case]
     assert_one_line_error(*run(args + needle[0], capsys)[::2], needle[1])

@@ -6,8 +6,9 @@ from mindkit.parallel.mesh import Mesh
 from mindkit.parallel.pipeline import PipelineStage, stage_layer_counts
 
 
-def test_mesh_puts_model_parallel_ranks_next_to_each_other():
-    coords = [(m.dp_rank, m.pp_rank, m.mp_rank) for m in (Mesh(r, 8, 2, 2, 2) for r in range(8))]
+def test_mesh_is_stage_major_with_model_parallel_ranks_adjacent():
+    # MindSpore's checkpoint transforms take stage s to hold ranks s * stage_size ... (s + 1) * stage_size - 1
+    coords = [(m.pp_rank, m.dp_rank, m.mp_rank) for m in (Mesh(r, 8, 2, 2, 2) for r in range(8))]
     assert coords == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)]
 
 

@@ -62,3 +62,21 @@ def match_layout(state, expected_shapes, n_kv):
         if p + w1 not in state and p + gh in state and state[p + gh].shape[0] == 2 * expected_shapes[p + w1][0]:
             state[p + w1], state[p + w3] = split_ffn(state.pop(p + gh))
     return state
+
+
+def match_names(items, names):
+    """Strategy ``items`` renamed to a checkpoint's ``names`` where it stores the projections fused and the model
+    separate, or the other way round. Both forms split their rows the same way (whole KV groups per rank, w1/w3 rows
+    in pairs), so a rank's fused slice is the fusion of its separate slices and the layout carries over unchanged."""
+    items = dict(items)
+    for fused, parts in (QKV, FFN):
+        for p in _prefixes(items, fused):
+            if p + fused not in names and all(p + n in names for n in parts):
+                item = items.pop(p + fused)
+                items.update({p + n: item for n in parts})
+        for p in _prefixes(items, parts[0]):
+            if p + parts[0] not in names and p + fused in names:
+                items[p + fused] = items[p + parts[0]]
+                for n in parts:
+                    items.pop(p + n, None)
+    return items

@@ -22,6 +22,10 @@ def resolve_checkpoint_file(path, key="load_checkpoint"):
         files = sorted(f for f in os.listdir(path) if f.endswith(WEIGHT_SUFFIXES))
         if not files:
             raise CheckpointError(key, path, "a folder containing .ckpt, .safetensors or .gguf files")
+        kinds = sorted({os.path.splitext(f)[1] for f in files})
+        if len(kinds) > 1:
+            raise CheckpointError(key, path, "weight files of one format in a folder",
+                                  hint=f"found {' and '.join(kinds)} files: which one is meant is ambiguous")
         path = os.path.join(path, files[-1])
     if not path.endswith(WEIGHT_SUFFIXES):
         raise CheckpointError(key, path, "a file ending in " + ", ".join(WEIGHT_SUFFIXES))

@@ -1,4 +1,5 @@
-"""Collectives on plain Python data (token-id lists), built on MindSpore's AllGather."""
+"""Collectives on plain Python data (token-id lists, a decision of rank 0), built on MindSpore's AllGather and
+AllReduce."""
 import numpy as np
 
 
@@ -16,3 +17,34 @@ def all_gather_token_lists(local, mesh):
         buf[i, 0], buf[i, 1:1 + len(ids)] = len(ids), ids
     everything = gather(Tensor(buf)).asnumpy().reshape(mesh.world_size, rows, width)
     return [[row[1:1 + row[0]].tolist() for row in part[:n]] for part, n in zip(everything, sizes[:, 0])]
+
+
+def all_reduce_int(value, mesh):
+    """The sum of every rank's integer ``value``; doubles as a barrier."""
+    if mesh.world_size == 1:
+        return value
+    from mindspore import Tensor, ops
+    return int(ops.AllReduce()(Tensor(np.array([value], np.int32))).asnumpy()[0])
+
+
+def share_from_main(value, mesh):
+    """Rank 0's integer ``value`` on every rank (the others add 0)."""
+    return all_reduce_int(value if mesh.is_main else 0, mesh)
+
+
+def run_step(mesh, key, fn, *args):
+    """Run ``fn`` on every rank and learn whether any failed: the failing rank raises its own error, the others an
+    error naming ``key`` and pointing at the failed rank's log, instead of waiting forever at the next collective."""
+    error, result = None, None
+    try:
+        result = fn(*args)
+    except Exception as e:  # re-raised below, after every rank knows
+        error = e
+    failures = all_reduce_int(int(error is not None), mesh)
+    if error is not None:
+        raise error
+    if failures:
+        from mindkit.errors import MindkitError
+        raise MindkitError(key, "a failure on another rank", "every rank to finish this step",
+                           hint=f"{failures} rank(s) failed: see output/log/rank_N/error.log")
+    return result

@@ -1,7 +1,8 @@
 """The device mesh: which replica (data parallel), pipeline stage and tensor-parallel slot this process is.
 
-Ranks are laid out with model-parallel ranks adjacent (rank = (dp * pipeline_stage + pp) * model_parallel + mp),
-as MindFormers and Megatron do, so a tensor-parallel group shares a node. A run with ``use_parallel: True`` must be
+Ranks are laid out as MindSpore's checkpoint tools number them: stage-major, model-parallel ranks adjacent
+(rank = (pp * data_parallel + dp) * model_parallel + mp), so a stage's ranks are contiguous (``rank_N`` folders of a
+pipeline checkpoint) and a tensor-parallel group shares a node. A run with ``use_parallel: True`` must be
 launched with exactly ``data_parallel * model_parallel * pipeline_stage`` processes (``scripts/msrun_launcher.sh``).
 """
 import dataclasses
@@ -26,11 +27,11 @@ class Mesh:
 
     @property
     def pp_rank(self):
-        return self.rank // self.model_parallel % self.pipeline_stage
+        return self.rank // (self.model_parallel * self.data_parallel)
 
     @property
     def dp_rank(self):
-        return self.rank // (self.model_parallel * self.pipeline_stage)
+        return self.rank // self.model_parallel % self.data_parallel
 
     @property
     def is_main(self):

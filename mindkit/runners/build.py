@@ -7,7 +7,9 @@ import numpy as np
 from mindkit import registry
 from mindkit.checkpoint import load_weights
 from mindkit.errors import ConfigError
+from mindkit.config.sections import ParallelConfig
 from mindkit.models.layers import no_random_init
+from mindkit.parallel.mesh import Mesh
 from mindkit.parallel.pipeline import PipelineStage, stage_layer_counts
 from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.utils.paths import resolve_path
@@ -15,14 +17,7 @@ from mindkit.utils.paths import resolve_path
 logger = logging.getLogger("mindkit")
 
 
-# Keys that change what a run does, and the value at which they do nothing yet (their code is still to come).
-NOT_YET = {"auto_trans_ckpt": False}
-
-
 def check_supported(config):
-    for key, inert in NOT_YET.items():
-        if getattr(config, key) != inert:
-            raise ConfigError(key, getattr(config, key), f"{inert} (checkpoint transforms are not built yet)")
     pc = config.parallel_config
     if config.use_parallel and sum(d > 1 for d in (pc.data_parallel, pc.model_parallel, pc.stages)) > 1:
         raise ConfigError("parallel_config", f"data_parallel={pc.data_parallel}, model_parallel={pc.model_parallel}, "
@@ -111,6 +106,10 @@ def build_model(config, load=True, mesh=None):
         parts["stage"] = PipelineStage(mesh.pipeline_stage, mesh.pp_rank, tuple(counts))
     with no_random_init():
         model = model_cls(model_config, **parts)
+    if load and config.auto_trans_ckpt:
+        from mindkit.checkpoint.auto_transform import transform_for_run
+        layout = config.parallel_config if config.use_parallel else ParallelConfig()
+        path = transform_for_run(config, path, key, mesh or Mesh(), layout)
     if load:
         load_weights(model, path, key, rank=mesh.rank if mesh else 0)
     model.set_train(False)

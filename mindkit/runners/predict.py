@@ -99,7 +99,8 @@ class PredictRunner:
         gathered = all_gather_token_lists(sequences, mesh)
         if not mesh.is_main:
             return None
-        sequences = [seq for part in gathered[::mesh.model_parallel * mesh.pipeline_stage] for seq in part]
+        replicas = gathered[:mesh.data_parallel * mesh.model_parallel:mesh.model_parallel]  # stage 0, mp rank 0 of each
+        sequences = [seq for part in replicas for seq in part]
         if mesh.world_size > 1:
             show_answers(prompts, tokenizer.batch_decode([seq[len(ids):] for seq, ids in zip(sequences, encoded)]))
         results = [{"text_generation_text": tokenizer.batch_decode([sequences[i] for i in share[b:b + batch_size]])}
