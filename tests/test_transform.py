@@ -306,3 +306,32 @@ def test_layout_parser_names_the_flag():
     assert parse_layout("mp=2", "--dst_layout").model_parallel == 2
     with pytest.raises(ConfigError, match="--src_layout.*xx"):
         parse_layout("xx=2", "--src_layout")
+
+
+def test_msrun_tensor_parallel_auto_trans_from_fused_pipeline_shards(tiny4, tiny4_yaml, tiny_sp_model, tmp_path):
+    """2 processes, model_parallel=2, separate q/k/v: the checkpoint is 2 pipeline stages of fused w_qkv and
+    w_gate_hidden with per-stage strategy files; both ranks write a share of the transform."""
+    from test_launcher import single_and_distributed
+    from mindkit.checkpoint.fused import match_layout
+    path, state = tiny4
+    fused_cfg = tiny4_config(qkv_concat=True)
+    from mindkit.runners.build import build_model
+    from mindkit.parallel.layout import full_shapes
+    fused = match_layout(state, full_shapes(build_model(fused_cfg, load=False)), 2)
+    assert "model.layers.0.attention.w_qkv.weight" in fused
+    save_state(fused, str(tmp_path / "fused.ckpt"))
+    stages = derive_strategy(fused_cfg, ParallelConfig.from_dict({"pipeline_stage": 2}, key="p"),
+                             str(tmp_path / "strategy_pp2"))
+    transform(str(tmp_path / "fused.ckpt"), str(tmp_path / "fused_pp2"), None, stages)
+    run = os.path.join(REPO, "run_mindformer.py")
+    common = (f"{run} --config {tiny4_yaml} --processor.tokenizer.vocab_file={tiny_sp_model} "
+              f"--predict_data 'the cat sat' 'a dog ran far'")
+    one, two = single_and_distributed(
+        f"{common} --load_checkpoint {path}",
+        f"{common} --load_checkpoint {tmp_path / 'fused_pp2'} --auto_trans_ckpt True "
+        f"--src_strategy_path_or_dir {tmp_path / 'strategy_pp2' / 'stages'} --transform_process_num 2 "
+        f"--use_parallel True --parallel_config.model_parallel 2", 2, tmp_path)
+    assert two == one
+    logs = tmp_path / "multi" / "output" / "log"
+    assert "transformed rank 2/2" in (logs / "rank_1" / "info.log").read_text()
+    assert "auto_trans_ckpt" in (logs / "rank_0" / "info.log").read_text()

@@ -20,11 +20,12 @@ def all_gather_token_lists(local, mesh):
 
 
 def all_reduce_int(value, mesh):
-    """The sum of every rank's integer ``value``; doubles as a barrier."""
+    """The sum of every rank's small integer ``value``; doubles as a barrier. (CPU AllReduce takes floats only;
+    float32 holds integers exactly up to 2**24.)"""
     if mesh.world_size == 1:
         return value
     from mindspore import Tensor, ops
-    return int(ops.AllReduce()(Tensor(np.array([value], np.int32))).asnumpy()[0])
+    return int(round(float(ops.AllReduce()(Tensor(np.array([value], np.float32))).asnumpy()[0])))
 
 
 def share_from_main(value, mesh):
