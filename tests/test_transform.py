@@ -335,3 +335,45 @@ def test_msrun_tensor_parallel_auto_trans_from_fused_pipeline_shards(tiny4, tiny
     logs = tmp_path / "multi" / "output" / "log"
     assert "transformed rank 2/2" in (logs / "rank_1" / "info.log").read_text()
     assert "auto_trans_ckpt" in (logs / "rank_0" / "info.log").read_text()
+
+
+# ---- the real SmolLM2-135M (slow) -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2_layouts(tmp_path_factory):
+    """SmolLM2 GGUF -> .ckpt -> 3-way tensor parallel (9 heads, 3 KV heads: split by 3) -> 2 pipeline stages -> one
+    file again, with the offline script deriving every layout from the model config."""
+    from conftest import SMOLLM2_CONFIG
+    from mindkit.utils.paths import resolve_path
+    root = tmp_path_factory.mktemp("smollm2")
+    gguf = resolve_path(load_yaml(SMOLLM2_CONFIG)["load_checkpoint"], "load_checkpoint")
+    state = read_state(gguf)
+    save_state(state, str(root / "smollm2.ckpt"))
+    steps = [("smollm2.ckpt", "tp=1", "tp=3", "tp3"), ("tp3", "tp=3", "pp=2", "pp2"), ("pp2", "pp=2", "tp=1", "back")]
+    for src, src_layout, dst_layout, dst in steps:
+        proc = run_script("--model_config", SMOLLM2_CONFIG, "--src_checkpoint", root / src, "--src_layout", src_layout,
+                          "--dst_layout", dst_layout, "--dst_checkpoint_dir", root / dst, cwd=root)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, state
+
+
+@pytest.mark.slow
+def test_real_model_round_trip_through_tp3_and_pp2_is_bit_exact(smollm2_layouts):
+    root, state = smollm2_layouts
+    shards = [read_state(str(root / "tp3" / f"rank_{r}")) for r in range(3)]
+    assert [s["model.layers.0.attention.wk.weight"].shape[0] for s in shards] == [64] * 3  # one KV head each
+    assert_same(root / "back", state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder,workers,mesh", [("tp3", 3, "--parallel_config.model_parallel 3"),
+                                                 ("pp2", 2, "--parallel_config.pipeline_stage 2")])
+def test_real_model_predicts_identically_from_transformed_shards(folder, workers, mesh, smollm2_layouts, tmp_path):
+    from conftest import SMOLLM2_CONFIG
+    from test_launcher import single_and_distributed
+    root, _ = smollm2_layouts
+    base = (f"{os.path.join(REPO, 'run_mindformer.py')} --config {SMOLLM2_CONFIG} --max_new_tokens 12 "
+            "--predict_data 'What is the capital of France?' 'Name a color.'")
+    one, two = single_and_distributed(base, f"{base} --load_checkpoint {root / folder} --use_parallel True {mesh}",
+                                      workers, tmp_path, timeout=600)
+    assert two == one and "Paris" in one[0]["text_generation_text"][0]
