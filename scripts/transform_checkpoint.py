@@ -37,7 +37,8 @@ def parse_layout(text, key):
 
 def derived_strategies(args, folder):
     """Both strategies (and the model's full shapes) from ``--model_config`` and the two layouts."""
-    from mindkit.checkpoint.transform import source_ranks, tensor_shapes
+    from mindkit.checkpoint.headers import checkpoint_header
+    from mindkit.checkpoint.transform import source_ranks
     from mindkit.config.loader import load_yaml
     from mindkit.config.sections import MindkitConfig
     from mindkit.parallel.layout import full_shapes
@@ -47,7 +48,7 @@ def derived_strategies(args, folder):
     src, dst = parse_layout(args.src_layout, "--src_layout"), parse_layout(args.dst_layout, "--dst_layout")
     files = source_ranks(args.src_checkpoint)
     per_stage = src.data_parallel * src.model_parallel
-    names = set().union(*(tensor_shapes(files[r]) for r in range(0, len(files), per_stage)))
+    names = set().union(*(checkpoint_header(files[r]) for r in range(0, len(files), per_stage)))
     src_strategy, dst_strategy = (
         None if layout.data_parallel * layout.model_parallel * layout.stages == 1  # one device: unsplit
         else derive_strategy(config, layout, os.path.join(folder, role), names=names)

@@ -12,10 +12,11 @@ import logging
 import os
 import time
 
-from mindkit.checkpoint.io import save_state, read_state
+from mindkit.checkpoint.headers import checkpoint_header
+from mindkit.checkpoint.io import read_state, save_state
 from mindkit.checkpoint.transform import (MANIFEST, Plan, fingerprint, keep_strategies, merge_strategy,
                                           plan_transform, read_strategy, run_transform, source_ranks, strategy_ranks,
-                                          tensor_shapes, transform_ranks, verify, write_manifest)
+                                          transform_ranks, verify, write_manifest)
 from mindkit.parallel.collectives import run_step, share_from_main
 
 logger = logging.getLogger("mindkit")
@@ -43,7 +44,7 @@ def _prepare(config, layout, src, key, work):
     from mindkit.parallel.strategy import derive_strategy
     src_strategy = merge_strategy(config.src_strategy_path_or_dir, os.path.join(work.strategies, "src_strategy"))
     files = source_ranks(src, key)
-    names = set(read_strategy(src_strategy)) if src_strategy else set(tensor_shapes(files[0]))
+    names = set(read_strategy(src_strategy)) if src_strategy else set(checkpoint_header(files[0]))
     dst_strategy = derive_strategy(config, layout, os.path.join(work.strategies, "dst"), names=names)
     per_stage, stages = strategy_ranks(read_strategy(dst_strategy, "dst_strategy"))
     light = Plan(files, work.dst, src_strategy, dst_strategy, dst_ranks=per_stage * stages)

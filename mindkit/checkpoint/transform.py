@@ -15,19 +15,17 @@ import multiprocessing
 import os
 import re
 import shutil
-import struct
 import tempfile
 import time
 
 import numpy as np
 
+from mindkit.checkpoint.headers import checkpoint_header
 from mindkit.checkpoint.io import resolve_checkpoint_file
 from mindkit.errors import CheckpointError
 
 logger = logging.getLogger("mindkit")
 MANIFEST = "transform.json"
-_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                      "BOOL": 1}
 
 
 # ---- reading checkpoints and strategies -----------------------------------------------------------------------------
@@ -50,18 +48,6 @@ def source_ranks(src, key="src_checkpoint"):
         raise CheckpointError(key, src, f"rank_0 ... rank_{max(ranks)} folders without gaps",
                               hint="missing " + ", ".join(f"rank_{r}" for r in gaps))
     return {r: resolve_checkpoint_file(ranks[r], f"{key} ({ranks[r]})") for r in sorted(ranks)}
-
-
-def tensor_shapes(path):
-    """name → (shape, bytes per element) of a .ckpt or .safetensors file (a safetensors header is read alone)."""
-    if path.endswith(".safetensors"):
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        return {k: (tuple(v["shape"]), _SAFETENSORS_BYTES.get(v["dtype"], 4)) for k, v in header.items()
-                if k != "__metadata__"}
-    import mindspore as ms
-    return {k: (tuple(p.shape), p.data.itemsize) for k, p in ms.load_checkpoint(path).items()}
 
 
 @dataclasses.dataclass
@@ -199,7 +185,7 @@ def plan_transform(src, dst_dir, src_strategy=None, dst_strategy=None, prefix="c
     shapes = {}
     for stage in range(stages):
         rank = stage * per_stage
-        for name, (shape, size) in tensor_shapes(files[rank]).items():
+        for name, (shape, size) in checkpoint_header(files[rank]).items():
             split = (src_layout or {}).get(name)
             if src_layout is not None and (split is None or stage not in split.stages):
                 raise CheckpointError(f"{files[rank]}: parameter {name}", "not in the source strategy"
@@ -305,7 +291,7 @@ def verify(plan):
         path = plan.output_file(rank)
         if not os.path.isfile(path):
             raise CheckpointError(plan.dst_dir, f"no {path}", "a file for every destination rank after the transform")
-        got, expected = tensor_shapes(path), plan.expected(rank)
+        got, expected = checkpoint_header(path), plan.expected(rank)
         for name, shape in expected.items():
             if name not in got:
                 raise CheckpointError(f"{path}: parameter {name}", "missing after the transform", f"shape {shape}")
