@@ -89,15 +89,21 @@ def rank_folder(path, rank, key="load_checkpoint"):
     return os.path.join(path, f"rank_{rank}")
 
 
-def load_weights(model, path, key="load_checkpoint", rank=0):
+# What a training checkpoint holds besides weights (optimizer moments and counters); loading for inference skips it.
+TRAINING_STATE = ("adam_m.", "adam_v.", "global_step", "learning_rate", "epoch_num", "step_num", "loss_scale",
+                  "scale_sense", "current_iterator_step", "last_overflow_iterator_step")
+
+
+def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     """Load ``path`` into ``model``; returns the resolved file. A full checkpoint is sliced to this rank's shard;
-    a distributed one (``path/rank_{rank}/``) must already hold this rank's slices. Raises CheckpointError naming
-    any mismatch."""
+    a distributed one (``path/rank_{rank}/``) must already hold this rank's slices. ``names`` limits which
+    parameters this file must provide (e.g. a LoRA adapter file over a base checkpoint). Raises CheckpointError
+    naming any mismatch."""
     own = rank_folder(path, rank, key)
     path = resolve_checkpoint_file(own or path, key)
     if path.endswith(".gguf"):
         check_against_gguf(model.config, path, key)
-    state = read_state(path, key)
+    state = {k: v for k, v in read_state(path, key).items() if not k.startswith(TRAINING_STATE)}
     if own:  # this rank's slices: local shapes, local KV heads
         expected = {p.name: tuple(p.shape) for p in model.get_parameters()}
         state = match_layout(state, expected, getattr(model, "cache_kv_heads", model.config.kv_heads))
@@ -112,7 +118,8 @@ def load_weights(model, path, key="load_checkpoint", rank=0):
                                   "no separate lm_head in a model with tie_word_embeddings: True",
                                   hint="set model.model_config.tie_word_embeddings: False")
         del state["lm_head.weight"]
-    missing = sorted(set(expected) - set(state))
+    wanted = set(expected) if names is None else set(names) & set(expected)
+    missing = sorted(wanted - set(state))
     foreign = getattr(model, "foreign_param", lambda name: False)  # held by another pipeline stage
     extra = sorted(n for n in set(state) - set(expected) if not foreign(n))
     if missing:
@@ -122,12 +129,14 @@ def load_weights(model, path, key="load_checkpoint", rank=0):
         shape = None if state[extra[0]] is None else tuple(state[extra[0]].shape)
         raise CheckpointError(f"{path}: parameter {extra[0]}", f"shape {shape}", "no such parameter in the model",
                               hint=f"{len(extra)} unexpected in all" if len(extra) > 1 else None)
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}", f"shape {shape}")
+    for name in wanted:
+        if tuple(state[name].shape) != expected[name]:
+            raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}",
+                                  f"shape {expected[name]}")
     layouts = param_layouts(model)
     for p in model.get_parameters():
-        value = state[p.name] if own else shard(state[p.name], *layouts[p.name])
-        p.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=p.dtype))
-    logger.info("loaded %d parameters from %s", len(expected), path)
+        if p.name in wanted:
+            value = state[p.name] if own else shard(state[p.name], *layouts[p.name])
+            p.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=p.dtype))
+    logger.info("loaded %d parameters from %s", len(wanted), path)
     return path

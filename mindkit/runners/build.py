@@ -82,9 +82,9 @@ def checkpoint_path(config, model_config):
 UNSUPPORTED_COMPUTE = {"CPU": ("bfloat16",)}
 
 
-def build_model(config, load=True, mesh=None):
-    """The model of ``config`` with its weights (zeros when not ``load``); under a mesh with model_parallel > 1,
-    this rank's shard."""
+def build_model(config, load=True, mesh=None, random_init=False):
+    """The model of ``config`` with its weights (zeros when not ``load``, random when ``random_init``: training from
+    scratch); under a mesh with model_parallel > 1, this rank's shard; with ``pet_config``, LoRA adapters."""
     model_config = build_model_config(config)
     device = config.context.device_target
     for key in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"):
@@ -104,13 +104,43 @@ def build_model(config, load=True, mesh=None):
         counts = stage_layer_counts(model_config.num_layers, config.parallel_config.pipeline_stage,
                                     getattr(model_config, "offset", 0))
         parts["stage"] = PipelineStage(mesh.pipeline_stage, mesh.pp_rank, tuple(counts))
-    with no_random_init():
+    if random_init:
         model = model_cls(model_config, **parts)
+    else:
+        with no_random_init():
+            model = model_cls(model_config, **parts)
+    adapters = []
+    if config.section("pet_config"):
+        from mindkit.models.lora import apply_lora
+        adapters = apply_lora(model, config.section("pet_config"))
     if load and config.auto_trans_ckpt:
         from mindkit.checkpoint.auto_transform import transform_for_run
         layout = config.parallel_config if config.use_parallel else ParallelConfig()
         path = transform_for_run(config, path, key, mesh or Mesh(), layout)
     if load:
-        load_weights(model, path, key, rank=mesh.rank if mesh else 0)
+        load_with_adapters(model, config, model_config, path, key, mesh.rank if mesh else 0, adapters)
     model.set_train(False)
     return model
+
+
+def load_with_adapters(model, config, model_config, path, key, rank, adapters):
+    """Without LoRA, ``path`` holds every weight. With LoRA (MindFormers' convention): the base from
+    ``model_config.checkpoint_name_or_path`` and the adapters from ``load_checkpoint``, or one file with both, or
+    a base alone (fresh adapters, as a finetune starts)."""
+    if not adapters:
+        load_weights(model, path, key, rank=rank)
+        return
+    base_names = [p.name for p in model.get_parameters() if p.name not in set(adapters)]
+    base = getattr(model_config, "checkpoint_name_or_path", None)
+    if base and config.load_checkpoint:
+        load_weights(model, resolve_path(base, "model.model_config.checkpoint_name_or_path"),
+                     "model.model_config.checkpoint_name_or_path", rank=rank, names=base_names)
+        load_weights(model, path, key, rank=rank, names=adapters)
+        return
+    from mindkit.checkpoint.headers import checkpoint_header
+    from mindkit.checkpoint.io import rank_folder, resolve_checkpoint_file
+    file = resolve_checkpoint_file(rank_folder(path, rank, key) or path, key)
+    has_adapters = not file.endswith(".gguf") and adapters[0] in checkpoint_header(file)
+    load_weights(model, path, key, rank=rank, names=None if has_adapters else base_names)
+    if not has_adapters:
+        logger.info("LoRA adapters start fresh (%s holds none)", file)
