@@ -94,3 +94,5 @@ def _ensure_builtin():
     import mindkit.models  # noqa: F401
     import mindkit.tokenizers  # noqa: F401
     import mindkit.runners  # noqa: F401
+    import mindkit.data  # noqa: F401
+    import mindkit.metrics  # noqa: F401

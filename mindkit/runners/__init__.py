@@ -1,4 +1,5 @@
+from mindkit.runners.eval import EvalRunner
 from mindkit.runners.finetune import FinetuneRunner
 from mindkit.runners.predict import PredictRunner
 
-__all__ = ["FinetuneRunner", "PredictRunner"]
+__all__ = ["EvalRunner", "FinetuneRunner", "PredictRunner"]

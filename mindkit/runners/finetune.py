@@ -28,16 +28,23 @@ def callback(config, name):
 
 
 def step_settings(config, pad_token_id):
+    """``runner_wrapper`` (MindFormers' MFTrainOneStepCell keys): clipping, and ``scale_sense`` — a number (a fixed
+    loss scale) or {type: DynamicLossScaleUpdateCell | FixedLossScaleUpdateCell, loss_scale_value, scale_factor,
+    scale_window}."""
     wrapper = config.section("runner_wrapper")
-    scale = wrapper.get("scale_sense") or {}
+    scale = wrapper.get("scale_sense", 1.0)
     if not isinstance(scale, dict):
-        scale = {"loss_scale_value": scale}
+        scale = {"type": "FixedLossScaleUpdateCell", "loss_scale_value": scale}
+    try:
+        value = float(scale.get("loss_scale_value", 65536.0))
+    except (TypeError, ValueError):
+        raise ConfigError("runner_wrapper.scale_sense", scale, "a number, or {type, loss_scale_value, ...}") from None
     return StepSettings(
         accumulation=config.runner_config.gradient_accumulation_steps,
         max_grad_norm=float(wrapper.get("max_grad_norm", 1.0)) if wrapper.get("use_clip_grad", True) else 0.0,
-        loss_scale=float(scale.get("loss_scale_value", 1.0)), scale_factor=float(scale.get("scale_factor", 2)),
+        loss_scale=value, scale_factor=float(scale.get("scale_factor", 2)),
         scale_window=int(scale.get("scale_window", 1000)),
-        dynamic_scale=scale.get("type", "DynamicLossScaleUpdateCell") == "DynamicLossScaleUpdateCell" and bool(scale),
+        dynamic_scale=scale.get("type", "DynamicLossScaleUpdateCell") == "DynamicLossScaleUpdateCell",
         seed=config.seed, pad_token_id=pad_token_id)
 
 
@@ -66,7 +73,7 @@ class FinetuneRunner:
         if mesh.model_parallel > 1 or mesh.pipeline_stage > 1:
             raise ConfigError("parallel_config", f"model_parallel={mesh.model_parallel}, "
                               f"pipeline_stage={mesh.pipeline_stage}", "data parallelism only for training here")
-        tokenizer = build_processor(cfg).tokenizer
+        processor = build_processor(cfg)
         model_config = build_model_config(cfg)
         has_weights = bool(cfg.load_checkpoint or getattr(model_config, "checkpoint_name_or_path", None))
         if cfg.run_mode == "finetune" and not has_weights:
@@ -75,7 +82,7 @@ class FinetuneRunner:
         model = build_model(cfg, load=has_weights, mesh=mesh, random_init=not has_weights)
         model.set_train(True)
         from mindkit.data import build_dataset
-        data = build_dataset(cfg, "train_dataset", tokenizer, model.config.seq_length,
+        data = build_dataset(cfg, "train_dataset", processor, model.config.seq_length,
                              data_parallel=mesh.data_parallel, rank=mesh.dp_rank)
         settings = step_settings(cfg, model.config.pad_token_id or 0)
         rc = cfg.runner_config
@@ -84,8 +91,8 @@ class FinetuneRunner:
             raise ConfigError("train_dataset", f"{data.num_batches} batch(es) per epoch",
                               f"at least gradient_accumulation_steps ({settings.accumulation})")
         total = rc.epochs * steps_per_epoch
-        optimizer = build_optimizer(cfg.section("optimizer"), model.trainable_params(),
-                                    lr_table(cfg.section("lr_schedule"), total))
+        lrs = lr_table(cfg.section("lr_schedule"), total)
+        optimizer = build_optimizer(cfg.section("optimizer"), model.trainable_params(), lrs)
         train_step = TrainStep(model, optimizer, settings, mesh.data_parallel)
         saving = callback(cfg, "CheckpointMonitor")
         saver = CheckpointSaver(cfg.output_dir, mesh.rank, saving.get("prefix", "mindkit"),
@@ -96,7 +103,6 @@ class FinetuneRunner:
         tokens = data.batch_size * settings.accumulation * mesh.data_parallel * model.config.seq_length
         monitor = LossMonitor(rc.epochs, steps_per_epoch, tokens,
                               int(callback(cfg, "MFLossMonitor").get("per_print_times", 1) or 1))
-        lrs = optimizer.learning_rate.asnumpy()
         while epoch < rc.epochs:
             skip = step * settings.accumulation
             for group in grouped(data.batches(epoch, skip), settings.accumulation):
