@@ -85,10 +85,8 @@ def split_free_form(argv):
 
 def resolve_config_path(path):
     """The current directory first (MindFormers looks only beside its script; fixed), then beside this repo."""
-    if os.path.isfile(path) or os.path.isabs(path):
-        return path
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
-    return beside if os.path.isfile(beside) else path
+    from mindkit.utils.paths import resolve_path
+    return resolve_path(path, "--config")
 
 
 def config_from_args(argv):

@@ -10,6 +10,7 @@ import os
 
 from mindkit.errors import InputError
 from mindkit.registry import register
+from mindkit.utils.paths import resolve_path
 
 logger = logging.getLogger("mindkit")
 
@@ -18,7 +19,7 @@ logger = logging.getLogger("mindkit")
 class ADGenDataLoader:
     def __init__(self, dataset_dir, phase="train", origin_columns=("content", "summary"), shuffle=False,
                  key="train_dataset.data_loader.dataset_dir", **ignored):
-        self.path, self.phase, self.shuffle = dataset_dir, phase, shuffle
+        self.path, self.phase, self.shuffle = resolve_path(dataset_dir, key), phase, shuffle
         self.source, self.target = list(origin_columns)[:2]
         self.key = key
         self.samples = self._read()

@@ -6,11 +6,13 @@ import numpy as np
 
 from mindkit.errors import InputError
 from mindkit.registry import register
+from mindkit.utils.paths import resolve_path
 
 
 @register("dataset")
 class TextDataLoader:
     def __init__(self, dataset_dir, shuffle=False, key="train_dataset.data_loader.dataset_dir", **ignored):
+        dataset_dir = resolve_path(dataset_dir, key)
         if not dataset_dir or not os.path.isfile(dataset_dir) or not dataset_dir.endswith((".txt", ".npy")):
             raise InputError(key, dataset_dir, "an existing .txt file (one document per line) or .npy of token ids")
         self.path, self.shuffle, self.key = dataset_dir, shuffle, key
