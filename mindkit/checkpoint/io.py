@@ -54,11 +54,12 @@ def read_state(path, key="load_checkpoint"):
 
 
 def save_state(state, path, dtype=None):
-    """Write name → array as .ckpt or .safetensors (by suffix); ``dtype`` casts (e.g. ms.bfloat16)."""
+    """Write name → array as .ckpt or .safetensors (by suffix); ``dtype`` casts the float tensors (e.g. ms.bfloat16)."""
     items = []
     for name, arr in state.items():
         t = ms.Tensor(arr)
-        items.append({"name": name, "data": t.astype(dtype) if dtype is not None else t})
+        items.append({"name": name, "data": t.astype(dtype) if dtype is not None and np.asarray(arr).dtype.kind == "f"
+                      else t})
     fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
     ms.save_checkpoint(items, path, format=fmt)
 
