@@ -26,7 +26,8 @@ def merge(args):
         rank, alpha = rank or pet.get("lora_rank"), alpha or pet.get("lora_alpha")
     if not rank or not alpha:
         raise ConfigError("--lora_rank/--lora_alpha", (rank, alpha), "both, given or from --config's pet_config")
-    state = read_state(args.base, "--base")
+    from mindkit.utils.paths import resolve_path
+    state = read_state(resolve_path(args.base, "--base"), "--base")
     adapters = {k: v for k, v in read_state(args.adapter, "--adapter").items() if not k.startswith(TRAINING_STATE)}
     if not any(k.endswith(LORA_A) for k in adapters):
         raise CheckpointError("--adapter", args.adapter, f"a checkpoint holding *.{LORA_A} adapters")

@@ -1,4 +1,6 @@
 """The training core on a tiny random Llama: loss, accumulation and resume are exact; schedules and LoRA behave."""
+import os
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,29 @@ def test_lora_targets_matching_nothing_or_the_head_name_the_key():
         apply_lora(tiny_model(), {"pet_type": "lora", "target_modules": ".*query_key_value"})
     with pytest.raises(ConfigError, match="pet_config.target_modules.*lm_head"):
         apply_lora(tiny_model(), {"pet_type": "lora", "target_modules": ".*wq|lm_head"})
+
+
+def test_merge_lora_script_folds_a_training_checkpoint_into_the_base(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    from mindkit.checkpoint import read_state, save_state
+    model = tiny_model()
+    base = weights(model)
+    save_state(base, str(tmp_path / "base.ckpt"))
+    apply_lora(model, {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "target_modules": ".*wq"})
+    step, opt = trainer(model, steps=3)
+    for s in range(3):
+        step(batches(1), s)
+    CheckpointSaver(str(tmp_path), 0, "lora", trainable_only=True).save(model, opt, 1, 3, 1.0)
+    adapter = tmp_path / "checkpoint" / "rank_0" / "lora_rank_0-1_3.ckpt"
+    script = os.path.join(REPO, "scripts", "merge_lora.py")
+    args = [sys.executable, script, "--base", str(tmp_path / "base.ckpt"), "--adapter", str(adapter),
+            "--lora_rank", "4", "--lora_alpha", "8", "--output", str(tmp_path / "merged.ckpt")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = read_state(str(tmp_path / "merged.ckpt"))
+    expected = merge_lora(weights(model), alpha=8, rank=4)
+    assert set(merged) == set(base) and all(np.allclose(merged[k], expected[k], atol=1e-7) for k in base)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)  # the output exists now
+    assert proc.returncode == 1 and "does not exist yet" in proc.stderr
