@@ -6,6 +6,7 @@
   python scripts/convert_weight.py --torch_ckpt_path model.pth --mindspore_ckpt_path model.ckpt   # pt_to_ms
   python scripts/convert_weight.py --input a.ckpt --output a.safetensors --dtype bfloat16
   python scripts/convert_weight.py --input a.ckpt --output fused.ckpt --qkv_concat true --model_config my.yaml
+  python scripts/convert_weight.py --input model.gguf --output int8.ckpt --quant_weight int8   # model: quant_weight
 Inputs: a HuggingFace Llama folder (config.json + model.safetensors or its sharded index), .gguf, .pth/.bin/.pt
 (needs torch), .ckpt, .safetensors. Outputs: .ckpt / .safetensors by suffix, or a HuggingFace folder (--to hf).
 The input is never written; an existing output needs --force (files only).
@@ -44,9 +45,12 @@ def convert(args):
     state = read_any(args.input)
     if args.qkv_concat is not None:
         state = set_fused(state, args.qkv_concat == "true", config)
+    if args.quant_weight == "int8":
+        from mindkit.checkpoint.quantize import quantize_state
+        state = quantize_state(state)
     write_any(state, args.output, hf=hf, model_config=config, dtype=args.dtype)
     size = sum(v.nbytes for v in state.values())
-    print(f"wrote {len(state)} tensors ({size / 2**20:.1f} MiB as float32) to {args.output} "
+    print(f"wrote {len(state)} tensors ({size / 2**20:.1f} MiB in memory) to {args.output} "
           f"in {time.perf_counter() - t0:.1f} s")
 
 
@@ -58,6 +62,7 @@ def main(argv=None):
     p.add_argument("--model_config", help="a YAML: the model's shape (for --qkv_concat and a HF config.json)")
     p.add_argument("--qkv_concat", choices=["true", "false"], help="fuse or split attention/FFN projections")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--quant_weight", choices=["int8"], help="weight-only int8 projections with per-row scales")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
     from mindkit.cli import run_tool

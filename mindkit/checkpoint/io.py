@@ -7,6 +7,7 @@ import numpy as np
 import mindspore as ms
 
 from mindkit.checkpoint.fused import match_layout
+from mindkit.checkpoint.quantize import is_quantized, quantize_state
 from mindkit.errors import CheckpointError
 from mindkit.parallel.layout import full_shapes, param_layouts, shard
 
@@ -111,6 +112,9 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     else:
         expected = full_shapes(model)
         state = match_layout(state, expected, model.config.kv_heads)
+    if any(p.dtype == ms.int8 for p in model.get_parameters()) and not is_quantized(state):
+        logger.info("quantizing the float weights of %s to int8 as they load (quant_weight: int8)", path)
+        state = quantize_state(state)
     embedding = "model.tok_embeddings.embedding_weight"
     if model.config.tie_word_embeddings and "lm_head.weight" in state and embedding in state:
         # a tied model's head is its embedding; a checkpoint may still carry the (identical) copy

@@ -52,10 +52,12 @@ class ParallelLayout:
 
 class Linear(nn.Cell, ParallelLayout):
     """y = x @ W^T with W stored (out, in) as MindFormers does. ``split_axis`` 0: column-parallel (each rank computes
-    out/tp outputs); 1: row-parallel (each rank holds in/tp inputs, partial outputs are summed over the group)."""
+    out/tp outputs); 1: row-parallel (each rank holds in/tp inputs, partial outputs are summed over the group).
+    ``quant="int8"``: W is int8 with a float32 ``weight_scale`` per output row (y = (x @ W^T) * scale); the scale
+    splits with the rows and, having no input axis, is whole on every rank of a row-parallel layer."""
 
     def __init__(self, in_features, out_features, param_init_type="float32", compute_dtype="float32",
-                 split_axis=None, init_std=0.02, tp=TPGroup()):
+                 split_axis=None, init_std=0.02, tp=TPGroup(), quant=None):
         super().__init__()
         self.split_axis, self.tp = split_axis, tp
         if split_axis == 0:
@@ -63,8 +65,15 @@ class Linear(nn.Cell, ParallelLayout):
         elif split_axis == 1:
             in_features = tp.local(in_features, "the input features")
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Parameter(initializer(weight_init(init_std), (out_features, in_features), ms_dtype(param_init_type)),
-                                name="weight")
+        if quant == "int8":
+            self.weight = Parameter(initializer("zeros", (out_features, in_features), ms.int8), name="weight",
+                                    requires_grad=False)
+            self.weight_scale = Parameter(initializer("ones", (out_features,), ms.float32), name="weight_scale",
+                                          requires_grad=False)
+        else:
+            self.weight = Parameter(initializer(weight_init(init_std), (out_features, in_features),
+                                                ms_dtype(param_init_type)), name="weight")
+        self.quant = quant
         self.compute_dtype = ms_dtype(compute_dtype)
         self.matmul = ops.MatMul(transpose_b=True)
         self.reduce = tp.all_reduce() if split_axis == 1 else None
@@ -73,6 +82,8 @@ class Linear(nn.Cell, ParallelLayout):
         shape = x.shape
         x = cast(x.reshape(-1, shape[-1]), self.compute_dtype)
         y = self.matmul(x, cast(self.weight, self.compute_dtype))
+        if self.quant is not None:
+            y = y * cast(self.weight_scale, y.dtype)
         if self.reduce is not None:
             y = self.reduce(y)
         return y.reshape(shape[:-1] + (self.out_features,))

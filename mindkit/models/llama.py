@@ -30,7 +30,7 @@ class LlamaAttention(nn.Cell):
         self.n_heads, self.n_kv, self.hd = tp.local(cfg.num_heads, "num_heads"), cfg.kv_heads // tp.size, cfg.head_dim
         self.qkv_concat = cfg.qkv_concat
         q_out, kv_out = cfg.num_heads * self.hd, cfg.kv_heads * self.hd
-        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp)
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight)
         if self.qkv_concat:
             self.w_qkv = Linear(cfg.hidden_size, q_out + 2 * kv_out, split_axis=0, **lin)
         else:
@@ -77,7 +77,7 @@ class LlamaFeedForward(nn.Cell):
         super().__init__()
         self.ffn = tp.local(cfg.ffn_hidden_size, "the FFN width")
         self.fused = cfg.qkv_concat
-        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp)
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight)
         full = cfg.ffn_hidden_size
         if self.fused:
             self.w_gate_hidden = Linear(cfg.hidden_size, 2 * full, split_axis=0, **lin)

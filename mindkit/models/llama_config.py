@@ -45,6 +45,7 @@ class LlamaConfig(Section):
     num_blocks: int = 512
     is_dynamic: bool = False
     qkv_concat: bool = False
+    quant_weight: Optional[str] = None       # "int8": weight-only int8 projections with per-row float32 scales
     offset: Union[int, list] = 0             # MindFormers: per-pipeline-stage additions to the even layer split
     tie_word_embeddings: bool = False
     checkpoint_name_or_path: Optional[str] = ""
@@ -72,6 +73,8 @@ class LlamaConfig(Section):
         for name in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type", "rotary_dtype",
                      "param_init_type"):
             check_choice(join_key(k, name), getattr(self, name), DTYPES)
+        if self.quant_weight not in (None, "int8"):
+            raise ConfigError(join_key(k, "quant_weight"), self.quant_weight, "null or int8")
         if self.hidden_size % self.num_heads:
             raise ConfigError(join_key(k, "hidden_size"), self.hidden_size, f"a multiple of num_heads ({self.num_heads})")
         if self.num_heads % self.kv_heads:

@@ -9,12 +9,14 @@ REPLICATED = (None, TPGroup())
 
 
 def param_layouts(model):
-    """parameter name -> (split_axis, tp group); parameters outside parallel layers are replicated."""
+    """parameter name -> (split_axis, tp group); parameters outside parallel layers, and those lacking the layer's
+    split axis (a row-parallel layer's per-output scale), are replicated."""
     layouts = {}
     for _, cell in model.cells_and_names():
         if isinstance(cell, ParallelLayout):
             for p in cell.get_parameters(expand=False):
-                layouts[p.name] = (cell.split_axis, cell.tp)
+                axis = cell.split_axis if cell.split_axis is not None and cell.split_axis < len(p.shape) else None
+                layouts[p.name] = (axis, cell.tp) if axis is not None else REPLICATED
     return {p.name: layouts.get(p.name, REPLICATED) for p in model.get_parameters()}
 
 
