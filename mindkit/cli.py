@@ -5,7 +5,6 @@ Every ``MindkitError`` ends the run with one line on stderr and exit code 1, nev
 """
 import argparse
 import logging
-import os
 import sys
 
 from mindkit.config.loader import apply_options, load_yaml, parse_value, set_path

@@ -86,7 +86,8 @@ def test_error_unknown_run_mode(tiny_args, capsys):
 
 
 def test_error_run_mode_not_built_yet(tiny_args, capsys):
-    assert_one_line_error(*run(tiny_args + ["--run_mode", "finetune"], capsys)[::2], "run_mode", "finetune")
+    assert_one_line_error(*run(tiny_args + ["--run_mode", "predict_with_train_model"], capsys)[::2], "run_mode",
+                          "predict_with_train_model")
 
 
 def test_error_missing_config_file(capsys, tmp_path):

@@ -134,8 +134,13 @@ def test_dataset_bad_inputs_name_the_key(zh_sp_model, tmp_path, caplog):
         with pytest.raises(error, match=needle):
             build_dataset(cfg, "train_dataset", build_processor(cfg), 128)
     cfg = tiny_config(zh_sp_model, train_dataset=adgen_section(str(bad), batch_size=1))
-    with caplog.at_level("WARNING", logger="mindkit"):
+    import logging
+    logger = logging.getLogger("mindkit")  # it does not propagate once the CLI has set up its console
+    logger.addHandler(caplog.handler)
+    try:
         assert build_dataset(cfg, "train_dataset", build_processor(cfg), 128).num_batches == 1
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "skipped 2 bad line(s) (first: line 2" in caplog.text and "summary x2" in caplog.text
     no_summary = tmp_path / "no_summary.json"
     no_summary.write_text('{"content": "类型#裙"}\n', encoding="utf-8")

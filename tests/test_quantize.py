@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-import mindspore as ms
 
 from conftest import REPO, SMOLLM2_CONFIG, TINY_CONFIG
 from mindkit.checkpoint import load_weights, read_state, save_state

@@ -25,6 +25,17 @@ def check_supported(config):
                           "tensor and pipeline parallelism is not built yet)")
 
 
+def start_run(config):
+    """What every run mode does first: refuse what is not built, set up MindSpore, join the mesh, open the logs.
+    Returns the Mesh."""
+    from mindkit.utils.log import setup_file_logging
+    check_supported(config)
+    setup_context(config)
+    mesh = Mesh.from_config(config)
+    setup_file_logging(config.output_dir, mesh.rank)
+    return mesh
+
+
 def setup_context(config):
     import mindspore as ms
     ctx = config.context

@@ -17,11 +17,9 @@ from mindkit.errors import ConfigError
 from mindkit.generation import GenerationConfig, generate
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.parallel.collectives import all_gather_token_lists
-from mindkit.parallel.mesh import Mesh
 from mindkit.registry import register
-from mindkit.runners.build import build_model, build_processor, check_supported, setup_context
+from mindkit.runners.build import build_model, build_processor, start_run
 from mindkit.runners.predict import ProgressBar
-from mindkit.utils.log import setup_file_logging
 
 logger = logging.getLogger("mindkit")
 
@@ -53,10 +51,7 @@ class EvalRunner:
 
     def run(self):
         cfg = self.config
-        check_supported(cfg)
-        setup_context(cfg)
-        mesh = Mesh.from_config(cfg)
-        setup_file_logging(cfg.output_dir, mesh.rank)
+        mesh = start_run(cfg)
         metrics = build_metrics(cfg)
         processor = build_processor(cfg)
         model = build_model(cfg, mesh=mesh)

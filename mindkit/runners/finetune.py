@@ -7,14 +7,12 @@ import logging
 import os
 
 from mindkit.errors import ConfigError
-from mindkit.parallel.mesh import Mesh
 from mindkit.registry import register
-from mindkit.runners.build import build_model, build_model_config, build_processor, check_supported, setup_context
+from mindkit.runners.build import build_model, build_model_config, build_processor, start_run
 from mindkit.training.checkpoints import CheckpointSaver, latest_checkpoint, restore
 from mindkit.training.loop import LossMonitor, StepSettings, TrainStep
 from mindkit.training.optimizer import build_optimizer
 from mindkit.training.schedules import lr_table
-from mindkit.utils.log import setup_file_logging
 
 logger = logging.getLogger("mindkit")
 
@@ -66,10 +64,7 @@ class FinetuneRunner:
 
     def run(self):
         cfg = self.config
-        check_supported(cfg)
-        setup_context(cfg)
-        mesh = Mesh.from_config(cfg)
-        setup_file_logging(cfg.output_dir, mesh.rank)
+        mesh = start_run(cfg)
         if mesh.model_parallel > 1 or mesh.pipeline_stage > 1:
             raise ConfigError("parallel_config", f"model_parallel={mesh.model_parallel}, "
                               f"pipeline_stage={mesh.pipeline_stage}", "data parallelism only for training here")

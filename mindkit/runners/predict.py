@@ -16,11 +16,9 @@ from mindkit.errors import ConfigError
 from mindkit.generation import GenerationConfig, generate
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.parallel.collectives import all_gather_token_lists
-from mindkit.parallel.mesh import Mesh
 from mindkit.parallel.strategy import save_run_strategy
 from mindkit.registry import register
-from mindkit.runners.build import build_model, build_processor, check_supported, setup_context
-from mindkit.utils.log import setup_file_logging
+from mindkit.runners.build import build_model, build_processor, check_supported, start_run
 
 logger = logging.getLogger("mindkit")
 
@@ -75,9 +73,7 @@ class PredictRunner:
             return self.save_strategy_only()
         prompts = read_prompts(cfg.input_data)
         check_writable(cfg.save_file, "save_file")
-        setup_context(cfg)
-        mesh = Mesh.from_config(cfg)
-        setup_file_logging(cfg.output_dir, mesh.rank)
+        mesh = start_run(cfg)
         processor = build_processor(cfg)
         tokenizer = processor.tokenizer
         t0 = time.perf_counter()
@@ -114,10 +110,8 @@ class PredictRunner:
 
     def save_strategy_only(self):
         """``only_save_strategy``: this rank's strategy file from the model's declarations; no weights, no prompts."""
+        mesh = start_run(self.config)
         cfg = self.config
-        setup_context(cfg)
-        mesh = Mesh.from_config(cfg)
-        setup_file_logging(cfg.output_dir, mesh.rank)
         return save_run_strategy(build_model(cfg, load=False, mesh=mesh), mesh, cfg.output_dir, strategy_format(cfg))
 
     def generate_share(self, model, runner, tokenizer, gen, encoded, prompts, batch_size, echo):
