@@ -353,3 +353,28 @@ def test_real_smollm2_lora_runs_and_saves_a_small_adapter(tmp_path):
     assert len(curve) == 3 and all(np.isfinite(curve))
     saved = list((tmp_path / "out" / "checkpoint" / "rank_0").iterdir())
     assert len(saved) == 1 and os.path.getsize(saved[0]) < 10 * 2**20
+
+
+def test_trainer_api_finetunes_evaluates_and_predicts(tiny_start, zh_sp_model, tmp_path, monkeypatch):
+    from mindkit.api import Trainer
+    from mindkit.data import build_dataset
+    from mindkit.runners.build import build_model, build_processor
+    monkeypatch.chdir(tmp_path)
+    yaml = edit(tiny_yaml(tmp_path, zh_sp_model), ("epochs: 6", "epochs: 2"))
+    settings = {"load_checkpoint": tiny_start, "output_dir": str(tmp_path / "out")}
+    base = Trainer(yaml, **settings).evaluate()
+    trainer = Trainer(yaml, **settings)
+    curve = trainer.finetune()
+    assert len(curve) == 16 and curve[-1] < curve[0]
+    results = trainer.evaluate()  # the trained model, not the checkpoint it started from
+    assert set(results) == {"ADGENMetric", "PerplexityMetric"}
+    assert results["PerplexityMetric"]["PPL"] < base["PerplexityMetric"]["PPL"]
+    assert json.load(open(tmp_path / "out" / "eval_results.json")) == results
+    (answer,) = trainer.predict(["类型#裙*颜色#白色"])[0]["text_generation_text"]
+    assert answer.startswith("类型#裙")
+    # objects built by the caller are used as they are
+    config = Trainer(yaml, **settings).config
+    data = build_dataset(config, "eval_dataset", build_processor(config), 128)
+    data.samples = data.samples[:3]
+    few = Trainer(config, model=build_model(config), eval_dataset=data).evaluate()
+    assert few["PerplexityMetric"] == base["PerplexityMetric"]  # same weights and batches; 3 generations only

@@ -46,18 +46,21 @@ def show_table(results):
 
 @register("runner", "eval")
 class EvalRunner:
-    def __init__(self, config):
-        self.config = config
+    """``model``/``dataset`` given (the Python Trainer API) are used instead of building them from the config."""
+
+    def __init__(self, config, model=None, dataset=None):
+        self.config, self.model, self.dataset = config, model, dataset
 
     def run(self):
         cfg = self.config
         mesh = start_run(cfg)
         metrics = build_metrics(cfg)
         processor = build_processor(cfg)
-        model = build_model(cfg, mesh=mesh)
+        model = self.model or build_model(cfg, mesh=mesh)
+        model.set_train(False)
         from mindkit.data import build_dataset
-        data = build_dataset(cfg, "eval_dataset", processor, model.config.seq_length,
-                             data_parallel=mesh.data_parallel, rank=mesh.dp_rank)
+        data = self.dataset or build_dataset(cfg, "eval_dataset", processor, model.config.seq_length,
+                                             data_parallel=mesh.data_parallel, rank=mesh.dp_rank)
         results = {}
         if any(not needs_loss(m) for m in metrics):
             preds, refs = self.generate_answers(model, processor.tokenizer, data, mesh)

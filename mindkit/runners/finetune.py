@@ -59,8 +59,10 @@ def grouped(batches, size):
 @register("runner", "train")
 @register("runner", "finetune")
 class FinetuneRunner:
-    def __init__(self, config):
-        self.config = config
+    """``model``/``dataset`` given (the Python Trainer API) are used instead of building them from the config."""
+
+    def __init__(self, config, model=None, dataset=None):
+        self.config, self.model, self.dataset = config, model, dataset
 
     def run(self):
         cfg = self.config
@@ -71,14 +73,15 @@ class FinetuneRunner:
         processor = build_processor(cfg)
         model_config = build_model_config(cfg)
         has_weights = bool(cfg.load_checkpoint or getattr(model_config, "checkpoint_name_or_path", None))
-        if cfg.run_mode == "finetune" and not has_weights:
+        if cfg.run_mode == "finetune" and not has_weights and self.model is None:
             raise ConfigError("load_checkpoint", cfg.load_checkpoint, "the checkpoint to finetune",
                               hint="run_mode: train starts from random weights")
-        model = build_model(cfg, load=has_weights, mesh=mesh, random_init=not has_weights)
+        model = self.model = self.model or build_model(cfg, load=has_weights, mesh=mesh,
+                                                       random_init=not has_weights)
         model.set_train(True)
         from mindkit.data import build_dataset
-        data = build_dataset(cfg, "train_dataset", processor, model.config.seq_length,
-                             data_parallel=mesh.data_parallel, rank=mesh.dp_rank)
+        data = self.dataset or build_dataset(cfg, "train_dataset", processor, model.config.seq_length,
+                                             data_parallel=mesh.data_parallel, rank=mesh.dp_rank)
         settings = step_settings(cfg, model.config.pad_token_id or 0)
         rc = cfg.runner_config
         steps_per_epoch = data.num_batches // settings.accumulation

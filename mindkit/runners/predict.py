@@ -63,8 +63,10 @@ class ProgressBar:
 
 @register("runner", "predict")
 class PredictRunner:
-    def __init__(self, config):
-        self.config = config
+    """A ``model`` given (the Python Trainer API) is used instead of building one from the config."""
+
+    def __init__(self, config, model=None):
+        self.config, self.model = config, model
 
     def run(self):
         cfg = self.config
@@ -77,7 +79,8 @@ class PredictRunner:
         processor = build_processor(cfg)
         tokenizer = processor.tokenizer
         t0 = time.perf_counter()
-        model = build_model(cfg, mesh=mesh)
+        model = self.model or build_model(cfg, mesh=mesh)
+        model.set_train(False)
         logger.info("model built and weights loaded in %.1f s", time.perf_counter() - t0)
         if cfg.use_parallel:
             save_run_strategy(model, mesh, cfg.output_dir, strategy_format(cfg))
