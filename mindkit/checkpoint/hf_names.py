@@ -1,6 +1,9 @@
 """HuggingFace Llama parameter names ↔ MindFormers names (one-to-one; both keep rotate-half RoPE, no permutation)."""
 import re
 
+# Non-weights some HF checkpoints carry (recomputed by every model); dropped on import.
+HF_BUFFERS = ("rotary_emb.inv_freq",)
+
 _TEMPLATES = [  # (HuggingFace, MindFormers)
     ("model.embed_tokens.weight", "model.tok_embeddings.embedding_weight"),
     ("model.layers.{i}.self_attn.q_proj.weight", "model.layers.{i}.attention.wq.weight"),
@@ -45,3 +48,9 @@ def hf_to_mindformers(state):
 
 def mindformers_to_hf(state):
     return _rename(state, _TO_HF)
+
+
+def is_hf_naming(names):
+    """Whether ``names`` are HuggingFace's (any name HF and MindFormers spell differently is HF's)."""
+    renamed, _ = hf_to_mindformers(dict.fromkeys(names))
+    return any(n != "lm_head.weight" for n in renamed)
