@@ -432,3 +432,13 @@ def test_hf_export_loads_in_transformers(tiny_ckpt, tmp_path):
     with torch.no_grad():
         theirs = model(torch.tensor([IDS])).logits[0].numpy()
     assert np.abs(theirs - tiny_logits(tmp_path / "back.ckpt")).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_real_gguf_to_ckpt(tmp_path):
+    from conftest import SMOLLM2_CONFIG
+    from mindkit.config import load_yaml
+    from mindkit.utils.paths import resolve_path
+    gguf = resolve_path(load_yaml(SMOLLM2_CONFIG)["load_checkpoint"], "load_checkpoint")
+    convert_weights(gguf, str(tmp_path / "smollm2.ckpt"))
+    assert same(read_state(str(tmp_path / "smollm2.ckpt")), read_state(gguf))

@@ -499,6 +499,11 @@ def write_hf_folder(path, w, config):
     hf = Weights(tensors, mindformers_to_hf(w.dtypes)[0])
     os.makedirs(path, exist_ok=True)
     _atomic(os.path.join(path, "model.safetensors"), lambda tmp: write_safetensors(tmp, hf, "pt"))
+    _write_config(path, w, config)
+    return hf
+
+
+def _write_config(path, w, config):
     missing = [k for k in ("num_attention_heads", "num_key_value_heads") if k not in config]
     if missing:
         logger.warning("config.json not written: %s not known (give --model_config, --num_heads or --n_kv_heads)",
@@ -518,11 +523,12 @@ def _write_text(path, text):
 
 
 def write_weights(path, kind, w, config):
+    """Write ``w`` as ``kind``; returns what was written (a HF folder's tensors are split and renamed)."""
     if kind == "hf":
-        write_hf_folder(path, w, config)
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _atomic(path, lambda tmp: write_ckpt(tmp, w) if kind == "ckpt" else write_safetensors(tmp, w, "ms"))
+        return write_hf_folder(path, w, config)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _atomic(path, lambda tmp: write_ckpt(tmp, w) if kind == "ckpt" else write_safetensors(tmp, w, "ms"))
+    return w
 
 
 def normalize_dtype(dtype):
@@ -547,7 +553,7 @@ def convert_weights(src, out, to=None, model_config=None, qkv_concat=None, n_kv_
     if quant_weight == "int8":
         w = quantize(w)
     w = cast(w, dtype)
-    write_weights(out, kind, w, config)
+    w = write_weights(out, kind, w, config)
     nbytes = sum(int(np.prod(v.shape)) * _itemsize(w.dtypes[k]) for k, v in w.tensors.items())
     summary = {"tensors": len(w.tensors), "bytes": nbytes, "seconds": round(time.perf_counter() - t0, 2)}
     logger.info("converted %d tensors (%.1f MiB) from %s to %s in %.1f s", summary["tensors"], nbytes / 2**20, src,
