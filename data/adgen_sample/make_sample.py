@@ -1,10 +1,11 @@
 """Writes train.json and dev.json: ADGEN-format advertising records made for mindkit's tests and examples (not taken
 from the ADGEN dataset). Each summary follows from its keywords, so a finetuned model can learn the mapping.
-    python data/adgen_sample/make_sample.py
+    python data/adgen_sample/make_sample.py [output folder, default: beside this script]
 """
 import json
 import os
 import random
+import sys
 
 KINDS = ["裙", "上衣", "裤", "外套", "衬衫", "卫衣"]
 COLORS = ["白色", "黑色", "蓝色", "红色", "粉色", "绿色"]
@@ -26,9 +27,9 @@ def record(rng):
                                                            fit=fit)}
 
 
-def main():
+def main(folder=None):
     rng = random.Random(2024)
-    folder = os.path.dirname(os.path.abspath(__file__))
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
     for name, count in (("train.json", 64), ("dev.json", 16)):
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             for _ in range(count):
@@ -36,4 +37,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])
