@@ -26,6 +26,7 @@ PASSTHROUGH_KEYS = {
     "filepath_prefix", "autotune_per_step", "layer_scale", "layer_decay", "lr_scale_factor", "remote_save_url",
     "eval_step_interval", "eval_epoch_interval", "swap_config", "wrapper", "generation_config", "infer",
     "load_ckpt_format", "load_ckpt_async", "remove_redundancy", "use_legacy", "local_rank", "device_num",
+    "serve",
 }
 
 
