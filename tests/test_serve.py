@@ -255,3 +255,38 @@ def test_api_key_queue_limit_and_sigterm_drain(tiny_ckpt, tiny_sp_model, tmp_pat
     assert all(r[2].get("Retry-After") for r in results if r[0] == 503)
     assert late[0] == 503
     assert "drained and stopped" in s.output()
+
+
+def test_msrun_model_parallel_2_answers_as_one_process(server, tiny_ckpt, tiny_sp_model, tmp_path):
+    """Rank 0 serves HTTP and broadcasts each step; both ranks hold half of every layer. SIGTERM to rank 0 drains
+    and stops both."""
+    from test_launcher import LAUNCHER
+    port = free_port()
+    cmd = " ".join([RUN, *tiny_args(tiny_ckpt, tiny_sp_model, tmp_path), "--use_parallel", "True",
+                    "--parallel_config.model_parallel", "2", f"--serve.port={port}"])
+    log_dir = tmp_path / "msrun_log"
+    launcher = subprocess.Popen(["bash", LAUNCHER, cmd, "2", str(free_port()), str(log_dir), "True", "300"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    logs = lambda: "".join(p.read_text(errors="replace") for p in sorted(log_dir.glob("worker_*.log")))  # noqa
+    try:
+        client.wait_ready(base, 300, launcher)
+        bodies = [{"prompt": p, "max_tokens": 10, "temperature": 0, "ignore_eos": True} for p in PROMPTS]
+        results = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+            i, client.post(base, "/v1/completions", bodies[i])["choices"][0]["text"])) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        expected = [client.post(server.base, "/v1/completions", b)["choices"][0]["text"] for b in bodies]
+        assert [results.get(i) for i in range(3)] == expected, logs()[-3000:]
+        events, _, done = client.stream(base, "/v1/completions", bodies[0])
+        assert done and client.stream_text(events)[0] == expected[0]
+        pid = int(re.search(r"listening on \S+, pid (\d+)", (log_dir / "worker_0.log").read_text()).group(1))
+        os.kill(pid, signal.SIGTERM)
+        assert launcher.wait(120) == 0, logs()[-3000:]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert "rank 1 stopped" in logs() and "drained and stopped" in logs()
