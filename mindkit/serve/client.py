@@ -47,9 +47,9 @@ def post(base, path, body, api_key=None, timeout=600):
     return data
 
 
-def stream(base, path, body, api_key=None, timeout=600, stop_after=None):
+def stream(base, path, body, api_key=None, timeout=600, stop_after=None, on_event=None):
     """POST with ``stream: true``; returns (events, arrival time of each, whether [DONE] came). ``stop_after``:
-    close the connection after that many events (a client going away)."""
+    close the connection after that many events (a client going away); ``on_event``: called with each event."""
     conn = _connect(base, timeout)
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -69,6 +69,8 @@ def stream(base, path, body, api_key=None, timeout=600, stop_after=None):
                 break
             events.append(json.loads(line[6:]))
             times.append(time.perf_counter())
+            if on_event is not None:
+                on_event(events[-1])
             if stop_after is not None and len(events) >= stop_after:
                 break
     finally:

@@ -181,7 +181,8 @@ class Handler(BaseHTTPRequestHandler):
 def start_server(app, host, port):
     """Listen and serve in a daemon thread; returns the server (``server.server_address`` has the real port)."""
     handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
+    server_cls = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 256})  # the default 5 resets bursts
+    server = server_cls((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="mindkit-http", daemon=True).start()
     return server
