@@ -69,8 +69,8 @@ def main(argv=None):
         server.terminate()
         server.wait(120)
     c, s = runs["concurrent"], runs["sequential"]
-    print(f"\n| run | requests | in flight | duration s | req/s | output tok/s | median TTFT ms | median TPOT ms "
-          f"| decode steps |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | requests | in flight | duration s | req/s | output tok/s | median TTFT ms | median TPOT ms "
+          "| decode steps |\n|---|---|---|---|---|---|---|---|---|")
     for name, r, flight in (("concurrent", c, args.num_prompts), ("sequential", s, 1)):
         print(f"| {name} | {r['completed']}/{args.num_prompts} | {flight} | {r['duration']:.1f} | "
               f"{r['request_throughput']:.2f} | {r['output_throughput']:.1f} | {r['median_ttft_ms']:.0f} | "

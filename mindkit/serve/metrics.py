@@ -67,7 +67,7 @@ class Metrics:
 
     def render(self):
         with self.lock:
-            out = [f"# HELP mindkit:num_requests_waiting Requests queued for a batch row.",
+            out = ["# HELP mindkit:num_requests_waiting Requests queued for a batch row.",
                    "# TYPE mindkit:num_requests_waiting gauge",
                    f"mindkit:num_requests_waiting{{{self.labels}}} {self.waiting}",
                    "# HELP mindkit:num_requests_running Requests in the running batch.",
