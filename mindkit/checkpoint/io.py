@@ -112,9 +112,6 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     else:
         expected = full_shapes(model)
         state = match_layout(state, expected, model.config.kv_heads)
-    if any(p.dtype == ms.int8 for p in model.get_parameters()) and not is_quantized(state):
-        logger.info("quantizing the float weights of %s to int8 as they load (quant_weight: int8)", path)
-        state = quantize_state(state)
     embedding = "model.tok_embeddings.embedding_weight"
     if model.config.tie_word_embeddings and "lm_head.weight" in state and embedding in state:
         # a tied model's head is its embedding; a checkpoint may still carry the (identical) copy
@@ -123,6 +120,12 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
                                   "no separate lm_head in a model with tie_word_embeddings: True",
                                   hint="set model.model_config.tie_word_embeddings: False")
         del state["lm_head.weight"]
+    int8 = {p.name for p in model.get_parameters() if p.dtype == ms.int8}
+    to_quantize = {n for n in int8 if n in state and state[n].dtype.kind == "f"}
+    if to_quantize:
+        logger.info("quantizing %d float weights of %s to int8 as they load (quant_weight: int8)", len(to_quantize),
+                    path)
+        state = quantize_state(state, to_quantize)
     wanted = set(expected) if names is None else set(names) & set(expected)
     missing = sorted(wanted - set(state))
     foreign = getattr(model, "foreign_param", lambda name: False)  # held by another pipeline stage
@@ -133,11 +136,16 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     if extra:
         shape = None if state[extra[0]] is None else tuple(state[extra[0]].shape)
         raise CheckpointError(f"{path}: parameter {extra[0]}", f"shape {shape}", "no such parameter in the model",
-                              hint=f"{len(extra)} unexpected in all" if len(extra) > 1 else None)
+                              hint="an int8 checkpoint needs model.model_config.quant_weight: int8"
+                              if is_quantized(state) and not int8 else
+                              f"{len(extra)} unexpected in all" if len(extra) > 1 else None)
     for name in wanted:
         if tuple(state[name].shape) != expected[name]:
             raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}",
                                   f"shape {expected[name]}")
+        if (state[name].dtype == np.int8) != (name in int8):
+            raise CheckpointError(f"{path}: parameter {name}", f"dtype {state[name].dtype}",
+                                  "int8" if name in int8 else "a float dtype")
     layouts = param_layouts(model)
     for p in model.get_parameters():
         if p.name in wanted:

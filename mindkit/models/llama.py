@@ -13,6 +13,7 @@ from mindspore import Tensor, nn, ops
 from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
                                    rotate_half_matrix)
 from mindkit.models.llama_config import LlamaConfig
+from mindkit.ops.int8_matmul import Int8MatMul
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.registry import register
@@ -136,7 +137,9 @@ class LlamaModel(nn.Cell):
         self.start, self.end, self.stages, self.stage = mine.start, mine.stop, stage.size, stage.rank
         self.first, self.last, self.hidden = stage.first, stage.last, cfg.hidden_size
         if stage.first or (stage.last and cfg.tie_word_embeddings):
-            self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type, tp=tp)
+            # int8 only when tied: then it is also the LM head, read whole every step
+            self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type, tp=tp,
+                                            quant=cfg.quant_weight if cfg.tie_word_embeddings else None)
         self.layers = nn.CellList([LlamaDecodeLayer(cfg, tp) if i in mine else nn.Identity()
                                    for i in range(cfg.num_layers)])
         if stage.last:
@@ -186,9 +189,10 @@ class LlamaForCausalLM(nn.Cell):
         self.holds_head, self.pipelined = stage.last, stage.size > 1
         if not config.tie_word_embeddings and stage.last:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, config.param_init_type,
-                                  config.compute_dtype, split_axis=0, tp=tp)
+                                  config.compute_dtype, split_axis=0, tp=tp, quant=config.quant_weight)
         self.tied = config.tie_word_embeddings
         self.head_matmul = ops.MatMul(transpose_b=True)
+        self.head_qmatmul = Int8MatMul() if config.quant_weight == "int8" and stage.last else None
         self.gather = tp.all_gather()
         self.logits_handoff = Handoff(stage.size - 1, stage.rank) if stage.size > 1 else None  # last stage's logits
         self.compute_dtype = ms_dtype(config.compute_dtype)
@@ -201,7 +205,7 @@ class LlamaForCausalLM(nn.Cell):
         m = re.match(r"model\.layers\.(\d+)\.", name)
         if m:
             return int(m.group(1)) not in self.stage_layers
-        return name in ("model.tok_embeddings.embedding_weight", "model.norm_out.weight", "lm_head.weight")
+        return name.startswith(("model.tok_embeddings.", "model.norm_out.", "lm_head."))
 
     def construct(self, input_ids, positions, key_valid, start, caches, last_only=True):
         h = self.model(input_ids, positions, key_valid, start, caches)
@@ -210,8 +214,13 @@ class LlamaForCausalLM(nn.Cell):
         B, L, H = h.shape
         if self.holds_head:
             h = cast(h.reshape(B * L, H), self.compute_dtype)
-            weight = self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
-            logits = cast(self.head_matmul(h, cast(weight, self.compute_dtype)), ms.float32)
+            head = self.model.tok_embeddings if self.tied else self.lm_head
+            if self.head_qmatmul is not None:
+                scale = head.embedding_weight_scale if self.tied else head.weight_scale
+                logits = self.head_qmatmul(h, head.embedding_weight if self.tied else head.weight, scale)
+            else:
+                weight = head.embedding_weight if self.tied else head.weight
+                logits = cast(self.head_matmul(h, cast(weight, self.compute_dtype)), ms.float32)
             if self.gather is not None:  # (tp * B * L, V / tp) -> (B * L, V)
                 logits = self.gather(logits).reshape(self.tp.size, B * L, -1).transpose(1, 0, 2)
         else:

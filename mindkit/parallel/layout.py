@@ -9,13 +9,14 @@ REPLICATED = (None, TPGroup())
 
 
 def param_layouts(model):
-    """parameter name -> (split_axis, tp group); parameters outside parallel layers, and those lacking the layer's
-    split axis (a row-parallel layer's per-output scale), are replicated."""
+    """parameter name -> (split_axis, tp group), as each parallel layer declares per parameter
+    (``ParallelLayout.param_split_axes``); parameters outside parallel layers are replicated."""
     layouts = {}
     for _, cell in model.cells_and_names():
         if isinstance(cell, ParallelLayout):
-            for p in cell.get_parameters(expand=False):
-                axis = cell.split_axis if cell.split_axis is not None and cell.split_axis < len(p.shape) else None
+            axes = cell.param_split_axes()
+            for local, p in cell.parameters_and_names(expand=False):
+                axis = axes.get(local)
                 layouts[p.name] = (axis, cell.tp) if axis is not None else REPLICATED
     return {p.name: layouts.get(p.name, REPLICATED) for p in model.get_parameters()}
 
