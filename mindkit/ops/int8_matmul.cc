@@ -2,9 +2,10 @@
 // Weight-only int8 decode is bound by reading the weights; MindSpore's CPU MatMul has no int8 x float form, so
 // without this kernel every step would first cast the whole int8 weight to float. Rows of w are converted to float
 // once per call (in registers for M == 1, into an L1 buffer otherwise) and shared by all rows of x. Built by
-// mindkit/ops/int8_matmul.py with -mavx2 -mfma -fopenmp.
+// mindkit/ops/int8_matmul.py with -mavx2 -mfma. Single-threaded on purpose: with OpenMP, a decode step (~200 calls)
+// ran 1.7x slower than fp32 here whenever another process held a core (each call's barrier waits for a
+// descheduled thread), and one core already streams the int8 weights at close to the memory bandwidth.
 #include <immintrin.h>
-#include <omp.h>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -85,17 +86,12 @@ void panel(const float *x, int64_t M, int64_t K, const float *wf, const float *s
 void matmul(const float *x, const int8_t *w, const float *scale, float *y, int64_t M, int64_t N, int64_t K) {
   const int64_t blocks = N / 4;
   if (M == 1) {
-#pragma omp parallel for schedule(static) if (N * K >= (1 << 18))
     for (int64_t n = 0; n < blocks; ++n) gemv4(x, K, w + 4 * n * K, scale + 4 * n, y + 4 * n);
   } else {
-#pragma omp parallel if (N * K * M >= (1 << 18))
-    {
-      std::vector<float> wf(4 * K);
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < blocks; ++n) {
-        for (int64_t j = 0; j < 4 * K; ++j) wf[j] = w[4 * n * K + j];
-        panel(x, M, K, wf.data(), scale + 4 * n, y + 4 * n, N);
-      }
+    std::vector<float> wf(4 * K);
+    for (int64_t n = 0; n < blocks; ++n) {
+      for (int64_t j = 0; j < 4 * K; ++j) wf[j] = w[4 * n * K + j];
+      panel(x, M, K, wf.data(), scale + 4 * n, y + 4 * n, N);
     }
   }
   for (int64_t n = blocks * 4; n < N; ++n)

@@ -20,7 +20,7 @@ from mindspore import nn, ops
 
 logger = logging.getLogger("mindkit")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int8_matmul.cc")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
 SYMBOL = "Int8MatMul"
 
 
