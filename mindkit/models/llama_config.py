@@ -45,7 +45,7 @@ class LlamaConfig(Section):
     num_blocks: int = 512
     is_dynamic: bool = False
     qkv_concat: bool = False
-    quant_weight: Optional[str] = None       # "int8": weight-only int8 projections with per-row float32 scales
+    quant_weight: Optional[str] = None       # "int8": projections and head int8, float32 scale per row
     offset: Union[int, list] = 0             # MindFormers: per-pipeline-stage additions to the even layer split
     tie_word_embeddings: bool = False
     checkpoint_name_or_path: Optional[str] = ""
