@@ -4,7 +4,7 @@
 // once per call (in registers for M == 1, into an L1 buffer otherwise) and shared by all rows of x. Built by
 // mindkit/ops/int8_matmul.py with -mavx2 -mfma. Single-threaded on purpose: with OpenMP, a decode step (~200 calls)
 // ran 1.7x slower than fp32 here whenever another process held a core (each call's barrier waits for a
-// descheduled thread), and one core already streams the int8 weights at close to the memory bandwidth.
+// descheduled thread); single-threaded it was faster than fp32 both on a busy and on a quieter machine.
 #include <immintrin.h>
 #include <cstdint>
 #include <cstring>
