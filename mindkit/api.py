@@ -1,5 +1,5 @@
 """The Python API, MindFormers' names: ``AutoConfig`` / ``AutoModel`` / ``AutoTokenizer`` (mindkit.auto),
-``model.generate`` (mindkit.generation.mixin), ``pipeline`` (mindkit.pipeline), the streamers, and here
+``model.generate`` (mindkit.generation.mixin), ``pipeline`` (mindkit.pipelines), the streamers, and here
 ``Trainer(config, model=None, train_dataset=None, eval_dataset=None)`` with ``train()``, ``finetune()``,
 ``evaluate()`` and ``predict()``, what the CLI's run modes do.
 
@@ -9,7 +9,7 @@
 """
 from mindkit.auto import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, load_config
 from mindkit.generation.streamers import TextIteratorStreamer, TextStreamer
-from mindkit.pipeline import pipeline
+from mindkit.pipelines import pipeline
 
 __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoTokenizer", "TextIteratorStreamer", "TextStreamer",
            "Trainer", "pipeline"]

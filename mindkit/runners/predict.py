@@ -133,7 +133,7 @@ def generate_batches(model, runner, tokenizer, gen, encoded, prompts, batch_size
     """Generate ``encoded`` prompts batch by batch (``echo``: print each answer; ``streamer``: batches of one);
     returns prompt + generated ids per prompt and logs the speed line."""
     sequences, total_tokens, total_time, ttfts = [], 0, 0.0, []
-    bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
+    bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size and streamer is None)
     for start in range(0, len(encoded), batch_size):
         out = generate(model, encoded[start:start + batch_size], gen, streamer=streamer, runner=runner)
         sequences.extend(out.sequences)
