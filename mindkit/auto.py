@@ -31,14 +31,15 @@ def model_names():
 
 def find_yaml(name_or_path):
     """The YAML file ``name_or_path`` stands for, and the folder its relative file paths are relative to (a
-    folder argument) or None."""
-    if os.path.isfile(name_or_path):
-        return name_or_path, None
-    if os.path.isdir(name_or_path):
-        found = sorted(glob.glob(os.path.join(name_or_path, "*.yaml")) + glob.glob(os.path.join(name_or_path, "*.yml")))
+    folder argument) or None. Relative paths: the current directory first, then this project (as --config)."""
+    path = resolve_path(name_or_path, "yaml_name_or_path")
+    if os.path.isfile(path):
+        return path, None
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, "*.yaml")) + glob.glob(os.path.join(path, "*.yml")))
         predict = [p for p in found if os.path.basename(p).startswith("predict_")]
         if len(found) == 1 or len(predict) == 1:
-            return (predict or found)[0], name_or_path
+            return (predict or found)[0], path
         raise ConfigError("yaml_name_or_path", name_or_path, "a folder holding one YAML config (or one predict_*.yaml)",
                           hint=f"found {len(found)}: {', '.join(os.path.basename(p) for p in found) or 'none'}")
     names = model_names()
