@@ -54,7 +54,8 @@ def chat(argv):
     print(f"mindkit chat ({HELP})", flush=True)
     while True:
         try:
-            query = input("\nUser: ").strip()
+            print("\nUser: ", end="", flush=True)  # input()'s own prompt goes to stderr on a terminal
+            query = input().strip()
         except EOFError:
             print()
             return
