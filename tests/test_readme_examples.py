@@ -12,8 +12,6 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
-
 README = os.path.join(REPO, "README.md")
 EXPECT = re.compile(r"#\s*->\s*(.+)$")
 
@@ -36,6 +34,7 @@ def test_readme_has_checked_examples():
         assert name in code
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run_and_print_what_they_promise(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # predict writes text_generation_result.txt and output/ here
     namespace = {"__name__": "__readme__"}
