@@ -1,23 +1,18 @@
-"""The Python entry for what the CLI does: ``Trainer(config, model=None, train_dataset=None, eval_dataset=None)``
-with ``train()``, ``finetune()``, ``evaluate()`` and ``predict()``, as MindFormers' Trainer offers.
+"""The Python API, MindFormers' names: ``AutoConfig`` / ``AutoModel`` / ``AutoTokenizer`` (mindkit.auto),
+``model.generate`` (mindkit.generation.mixin), ``pipeline`` (mindkit.pipelines), the streamers, and here
+``Trainer(config, model=None, train_dataset=None, eval_dataset=None)`` with ``train()``, ``finetune()``,
+``evaluate()`` and ``predict()``, what the CLI's run modes do.
 
-``config`` is a YAML path, a MindkitConfig, or a dict of YAML keys; ``overrides`` are ``{"a.b.c": value}`` like the
-CLI's free-form flags. A model (e.g. one built by ``mindkit.runners.build.build_model``) or datasets
+``config`` is a model name, a YAML path or folder, a MindkitConfig, or a dict of YAML keys; ``overrides`` are
+``{"a.b.c": value}`` like the CLI's free-form flags. A model (e.g. one built by ``mindkit.runners.build.build_model``) or datasets
 (``mindkit.data.build_dataset``) passed in are used as they are.
 """
-from mindkit.config.loader import apply_options, load_yaml
-from mindkit.config.sections import MindkitConfig
+from mindkit.auto import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, load_config
+from mindkit.generation.streamers import TextIteratorStreamer, TextStreamer
+from mindkit.pipelines import pipeline
 
-
-def load_config(config, overrides=None):
-    if isinstance(config, MindkitConfig):
-        if overrides:
-            raise TypeError("overrides apply to a YAML path or a dict, not to a built MindkitConfig")
-        return config
-    tree = load_yaml(config) if isinstance(config, str) else dict(config)
-    if overrides:
-        apply_options(tree, [f"{k}={v}" for k, v in overrides.items()], create=True)
-    return MindkitConfig.from_dict(tree)
+__all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoTokenizer", "TextIteratorStreamer", "TextStreamer",
+           "Trainer", "pipeline"]
 
 
 class Trainer:

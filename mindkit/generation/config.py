@@ -44,8 +44,16 @@ class GenerationConfig:
                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                     repetition_penalty=cfg.repetition_penalty, eos_token_id=tuple(cfg.eos_token_ids),
                     pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        return cls(**base).updated(**overrides)
+
+    def updated(self, **overrides):
+        """A copy with the ``overrides`` that are not None. A ``max_length`` given without ``max_new_tokens`` also
+        drops an inherited ``max_new_tokens`` (else the config's would silently win over the limit asked for);
+        both given: ``max_new_tokens`` wins, as in HF/MindFormers."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "max_length" in overrides and "max_new_tokens" not in overrides:
+            overrides["max_new_tokens"] = None
+        return dataclasses.replace(self, **overrides)
 
     def new_tokens_for(self, prompt_len, seq_length):
         """How many tokens to generate for the longest prompt, within the model's ``seq_length``."""

@@ -39,7 +39,7 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner
     cfg = model.config
     gen = gen or GenerationConfig.from_model_config(cfg)
     if overrides:
-        gen = dataclasses.replace(gen, **{k: v for k, v in overrides.items() if v is not None})
+        gen = gen.updated(**overrides)
     if prompts and isinstance(prompts[0], (int, np.integer)):
         prompts = [prompts]
     prompts = [[int(t) for t in p] for p in prompts]

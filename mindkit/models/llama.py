@@ -10,6 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindkit.generation.mixin import GenerationMixin
 from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
                                    rotate_half_matrix)
 from mindkit.models.llama_config import LlamaConfig
@@ -178,7 +179,7 @@ class LlamaModel(nn.Cell):
 
 
 @register("model")
-class LlamaForCausalLM(nn.Cell):
+class LlamaForCausalLM(nn.Cell, GenerationMixin):
     """``model.*`` backbone + ``lm_head`` (absent when ``tie_word_embeddings``: the embedding is the LM head).
     With a tensor-parallel group ``tp`` each rank computes the logits of its vocabulary slice; they are gathered."""
 

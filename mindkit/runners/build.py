@@ -36,7 +36,9 @@ def start_run(config):
     return mesh
 
 
-def setup_context(config):
+def setup_context(config, seed=True):
+    """MindSpore's device and dispatch settings for ``config``; ``seed``: also seed MindSpore and NumPy with
+    ``config.seed``."""
     import mindspore as ms
     ctx = config.context
     try:
@@ -59,8 +61,9 @@ def setup_context(config):
     op_by_op = ctx.mode == 1 or (config.use_parallel and config.parallel_config.stages > 1)
     if ctx.device_target == "CPU" and op_by_op:
         ms.runtime.launch_blocking()
-    ms.set_seed(config.seed)
-    np.random.seed(config.seed)
+    if seed:
+        ms.set_seed(config.seed)
+        np.random.seed(config.seed)
 
 
 def build_processor(config):

@@ -14,12 +14,12 @@ import numpy as np
 
 from mindkit import registry
 from mindkit.errors import ConfigError
-from mindkit.generation import GenerationConfig, generate
+from mindkit.generation import generate
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.parallel.collectives import all_gather_token_lists
 from mindkit.registry import register
 from mindkit.runners.build import build_model, build_processor, start_run
-from mindkit.runners.predict import ProgressBar
+from mindkit.runners.predict import ProgressBar, generation_config
 
 logger = logging.getLogger("mindkit")
 
@@ -89,9 +89,7 @@ class EvalRunner:
     def generate_answers(self, model, tokenizer, data, mesh):
         """Greedy answers to this replica's prompts, gathered on every rank in input order."""
         samples = data.eval_samples()
-        gen = GenerationConfig.from_model_config(model.config, seed=self.config.seed)
-        if tokenizer.eos_token_id is not None and not gen.eos_token_id:
-            gen.eos_token_id = (tokenizer.eos_token_id,)
+        gen = generation_config(model, tokenizer, seed=self.config.seed)
         runner = ModelRunner(model, compiled=self.config.context.mode == 0)
         batch = self.config.predict_batch_size or data.batch_size
         bar = ProgressBar(len(samples), enabled=mesh.is_main)

@@ -85,16 +85,14 @@ class PredictRunner:
         if cfg.use_parallel:
             save_run_strategy(model, mesh, cfg.output_dir, strategy_format(cfg))
         encoded = processor.encode(prompts, model.config.seq_length)
-        gen = GenerationConfig.from_model_config(model.config, seed=cfg.seed)
-        if tokenizer.eos_token_id is not None and not gen.eos_token_id:
-            gen.eos_token_id = (tokenizer.eos_token_id,)
+        gen = generation_config(model, tokenizer, seed=cfg.seed)
         batch_size = cfg.predict_batch_size or model.config.batch_size
         # data parallel: each replica takes a contiguous share, so gathering in rank order keeps the input order
         shares = [s.tolist() for s in np.array_split(np.arange(len(prompts)), mesh.data_parallel)]
         mine = shares[mesh.dp_rank]
         runner = ModelRunner(model, compiled=cfg.context.mode == 0)
-        sequences = self.generate_share(model, runner, tokenizer, gen, [encoded[i] for i in mine],
-                                        [prompts[i] for i in mine], batch_size, echo=mesh.world_size == 1)
+        sequences = generate_batches(model, runner, tokenizer, gen, [encoded[i] for i in mine],
+                                     [prompts[i] for i in mine], batch_size, echo=mesh.world_size == 1)
         gathered = all_gather_token_lists(sequences, mesh)
         if not mesh.is_main:
             return None
@@ -102,8 +100,7 @@ class PredictRunner:
         sequences = [seq for part in replicas for seq in part]
         if mesh.world_size > 1:
             show_answers(prompts, tokenizer.batch_decode([seq[len(ids):] for seq, ids in zip(sequences, encoded)]))
-        results = [{"text_generation_text": tokenizer.batch_decode([sequences[i] for i in share[b:b + batch_size]])}
-                   for share in shares for b in range(0, len(share), batch_size)]
+        results = [r for share in shares for r in batch_results(tokenizer, [sequences[i] for i in share], batch_size)]
         if os.path.exists(cfg.save_file):
             logger.info("replacing the previous %s", cfg.save_file)
         with open(cfg.save_file, "w", encoding="utf-8") as f:
@@ -117,24 +114,40 @@ class PredictRunner:
         cfg = self.config
         return save_run_strategy(build_model(cfg, load=False, mesh=mesh), mesh, cfg.output_dir, strategy_format(cfg))
 
-    def generate_share(self, model, runner, tokenizer, gen, encoded, prompts, batch_size, echo):
-        """Generate this replica's prompts batch by batch; returns prompt + generated ids per prompt."""
-        sequences, total_tokens, total_time, ttfts = [], 0, 0.0, []
-        bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size)
-        for start in range(0, len(encoded), batch_size):
-            out = generate(model, encoded[start:start + batch_size], gen, runner=runner)
-            sequences.extend(out.sequences)
-            if echo:
-                show_answers(prompts[start:start + batch_size], tokenizer.batch_decode(out.new_tokens))
-            total_tokens += out.generated_tokens
-            total_time += out.total_time
-            ttfts.append(out.time_to_first_token)
-            bar.update(len(out.sequences), total_tokens)
-        speed = total_tokens / total_time if total_time else 0.0
-        logger.info("total time: %.2f s; generated tokens: %d tokens; generate speed: %.2f tokens/s; "
-                    "time to first token: %.3f s (mean over %d batches)", total_time, total_tokens, speed,
-                    sum(ttfts) / max(len(ttfts), 1), len(ttfts))
-        if runner.compile_seconds:
-            logger.info("compiled %d graphs (first calls, compile included): %s", len(runner.compile_seconds),
-                        ", ".join(f"{k[0]} {k[1:]}: {v:.1f} s" for k, v in runner.compile_seconds.items()))
-        return sequences
+
+def generation_config(model, tokenizer, **overrides):
+    """The model config's generation defaults (the tokenizer's EOS when the model names none), then ``overrides``."""
+    gen = GenerationConfig.from_model_config(model.config)
+    if tokenizer.eos_token_id is not None and not gen.eos_token_id:
+        gen = gen.updated(eos_token_id=(tokenizer.eos_token_id,))
+    return gen.updated(**overrides)
+
+
+def batch_results(tokenizer, sequences, batch_size):
+    """MindFormers' result format: a ``{'text_generation_text': [prompt + completion, ...]}`` per batch."""
+    return [{"text_generation_text": tokenizer.batch_decode(sequences[b:b + batch_size])}
+            for b in range(0, len(sequences), batch_size)]
+
+
+def generate_batches(model, runner, tokenizer, gen, encoded, prompts, batch_size, echo, streamer=None):
+    """Generate ``encoded`` prompts batch by batch (``echo``: print each answer; ``streamer``: batches of one);
+    returns prompt + generated ids per prompt and logs the speed line."""
+    sequences, total_tokens, total_time, ttfts = [], 0, 0.0, []
+    bar = ProgressBar(len(prompts), enabled=len(prompts) > batch_size and streamer is None)
+    for start in range(0, len(encoded), batch_size):
+        out = generate(model, encoded[start:start + batch_size], gen, streamer=streamer, runner=runner)
+        sequences.extend(out.sequences)
+        if echo:
+            show_answers(prompts[start:start + batch_size], tokenizer.batch_decode(out.new_tokens))
+        total_tokens += out.generated_tokens
+        total_time += out.total_time
+        ttfts.append(out.time_to_first_token)
+        bar.update(len(out.sequences), total_tokens)
+    speed = total_tokens / total_time if total_time else 0.0
+    logger.info("total time: %.2f s; generated tokens: %d tokens; generate speed: %.2f tokens/s; "
+                "time to first token: %.3f s (mean over %d batches)", total_time, total_tokens, speed,
+                sum(ttfts) / max(len(ttfts), 1), len(ttfts))
+    if runner.compile_seconds:
+        logger.info("compiled %d graphs (first calls, compile included): %s", len(runner.compile_seconds),
+                    ", ".join(f"{k[0]} {k[1:]}: {v:.1f} s" for k, v in runner.compile_seconds.items()))
+    return sequences
