@@ -1,6 +1,6 @@
 """The inference server for real, on a loopback port: the tiny random Llama (and SmolLM2, slow). Greedy answers equal
 offline predict, streams concatenate to the whole text, concurrent requests share decode steps, every error has
-its code and the server keeps serving, the openai client works, SIGTERM drains, msrun model_parallel=2 answers
+its code and the server keeps serving, the openai client works, SIGTERM drains, msrun model_parallel=2 and pipeline_stage=2 answer
 the same."""
 import os
 import re
@@ -257,13 +257,14 @@ def test_api_key_queue_limit_and_sigterm_drain(tiny_ckpt, tiny_sp_model, tmp_pat
     assert "drained and stopped" in s.output()
 
 
-def test_msrun_model_parallel_2_answers_as_one_process(server, tiny_ckpt, tiny_sp_model, tmp_path):
-    """Rank 0 serves HTTP and broadcasts each step; both ranks hold half of every layer. SIGTERM to rank 0 drains
-    and stops both."""
+@pytest.mark.parametrize("split", ["model_parallel", "pipeline_stage"])
+def test_msrun_two_ranks_answer_as_one_process(split, server, tiny_ckpt, tiny_sp_model, tmp_path):
+    """Rank 0 serves HTTP and broadcasts each step; both ranks hold half of every layer (model_parallel) or half of
+    the layers (pipeline_stage). SIGTERM to rank 0 drains and stops both."""
     from test_launcher import LAUNCHER
     port = free_port()
     cmd = " ".join([RUN, *tiny_args(tiny_ckpt, tiny_sp_model, tmp_path), "--use_parallel", "True",
-                    "--parallel_config.model_parallel", "2", f"--serve.port={port}"])
+                    f"--parallel_config.{split}", "2", f"--serve.port={port}"])
     log_dir = tmp_path / "msrun_log"
     launcher = subprocess.Popen(["bash", LAUNCHER, cmd, "2", str(free_port()), str(log_dir), "True", "300"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
