@@ -1,7 +1,7 @@
 """The inference server for real, on a loopback port: the tiny random Llama (and SmolLM2, slow). Greedy answers equal
 offline predict, streams concatenate to the whole text, concurrent requests share decode steps, every error has
-its code and the server keeps serving, the openai client works, SIGTERM drains, msrun model_parallel=2 and pipeline_stage=2 answer
-the same."""
+its code and the server keeps serving, the openai client works, SIGTERM drains, msrun model_parallel=2 and
+pipeline_stage=2 answer the same."""
 import os
 import re
 import signal
