@@ -14,6 +14,7 @@ import pytest
 
 import numpy_glm2 as ref
 from conftest import REPO
+from test_model_parity import randomize
 from test_finetune_eval import edit, evaluate, losses, tiny_yaml, zh_sp_model  # noqa: F401  (zh_sp_model: a fixture)
 from glm2_parallel_worker import NEW_TOKENS, PROMPTS, VARIANTS, model_config
 from mindkit.checkpoint import load_weights, read_state, save_state
@@ -28,23 +29,9 @@ GLM2_6B = os.path.join(REPO, "configs", "glm2", "predict_glm2_6b.yaml")
 RUN = os.path.join(REPO, "run_mindformer.py")
 
 
-def random_model(overrides=None, seed=0, tp=None):
-    """The tiny config's model with random weights scaled so logits are well separated; biases non-zero."""
-    cfg = model_config(TINY, dict(overrides or {}))
-    model = ChatGLM2ForConditionalGeneration(cfg)
-    rng = np.random.default_rng(seed)
-    for p in model.get_parameters():
-        shape = tuple(p.shape)
-        if p.name.endswith("layernorm.weight"):
-            w = 1.0 + 0.2 * rng.standard_normal(shape)
-        elif len(shape) == 1:                     # biases
-            w = 0.3 * rng.standard_normal(shape)
-        elif "embedding" in p.name:
-            w = rng.standard_normal(shape)
-        else:
-            w = rng.standard_normal(shape) / np.sqrt(shape[1])
-        p.set_data(ms.Tensor(w.astype(np.float32)))
-    return model
+def random_model(overrides=None, seed=0):
+    """The tiny config's model (with ``overrides``), random weights scaled so logits are well separated."""
+    return randomize(ChatGLM2ForConditionalGeneration(model_config(TINY, dict(overrides or {}))), seed)
 
 
 def state_of(model):
@@ -61,7 +48,7 @@ def reference(model, prompts=PROMPTS, n=NEW_TOKENS):
     return ref.forward(weights, prompts[0], **h), [ref.greedy(weights, p, n, **h) for p in prompts]
 
 
-# ---- one process ----------------------------------------------------------------------------------------------------
+# ---- one process -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [{}, {"multi_query_attention": False, "add_bias_linear": True,
                                             "rope_ratio": 3.0, "layernorm_epsilon": 1e-3}],
@@ -103,7 +90,7 @@ def test_numpy_reference_rotates_interleaved_pairs_of_the_first_half():
     assert np.abs(out[:, 1:, :8] - x[:, 1:, :8]).max() > 0.1
 
 
-# ---- config -----------------------------------------------------------------------------------------------------------
+# ---- config ----------------------------------------------------------------------------------------------------------
 
 def test_the_6b_config_loads_and_validates():
     from mindkit.config.sections import MindkitConfig
@@ -148,7 +135,7 @@ def test_model_parallel_must_divide_heads_and_ffn(overrides, mp, key):
         ChatGLM2ForConditionalGeneration(model_config(TINY, overrides), tp=TPGroup(mp, 0))
 
 
-# ---- tokenizer --------------------------------------------------------------------------------------------------------
+# ---- tokenizer -------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def glm_tok(tiny_sp_model):
@@ -195,7 +182,7 @@ def test_processor_from_the_tiny_config(tiny_sp_model):
     assert processor.encode(["one two"])[0][:2] == processor.tokenizer.prefix_tokens()
 
 
-# ---- msrun: the model split over two processes ------------------------------------------------------------------------
+# ---- msrun: the model split over two processes -----------------------------------------------------------------------
 
 def test_tensor_and_pipeline_parallel_match_numpy(tmp_path):
     """One launch: tensor parallel over 2 ranks with 2, 1 and straddled KV groups, and 2 pipeline stages."""
@@ -218,7 +205,7 @@ def test_tensor_and_pipeline_parallel_match_numpy(tmp_path):
                                                                  "tp-heads6-groups3": 2, "pp-groups2": 2}
 
 
-# ---- the shared paths end to end ----------------------------------------------------------------------------------------
+# ---- the shared paths end to end -------------------------------------------------------------------------------------
 
 PREDICT_PROMPTS = ["the cat sat on the mat", "a dog ran far away", "big red car"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindkit.models.layers import cast, ms_dtype
+from mindkit.models.layers import cast, ms_dtype, rope_at
 from mindkit.ops.int8_matmul import Int8MatMul
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
@@ -28,6 +28,21 @@ def attention_mask(key_valid, start, L):
     causal = ops.arange(S, dtype=ms.int32).reshape(1, S) <= slots                             # (L, S)
     allowed = ops.logical_and(causal.reshape(1, L, S), key_valid.reshape(B, 1, S))
     return ((1.0 - allowed.astype(ms.float32)) * MASK_VALUE).reshape(B, 1, 1, L, S)
+
+
+class StepInputs(nn.Cell):
+    """What every layer of one call shares: the attention mask, and the RoPE rows at each token's position (tables
+    from ``rope_tables``, float32, gathered per call, then cast)."""
+
+    def __init__(self, tables, rotary_dtype, compute_dtype):
+        super().__init__()
+        self.cos, self.sin = tables
+        self.rotary_dtype, self.compute_dtype = ms_dtype(rotary_dtype), ms_dtype(compute_dtype)
+
+    def construct(self, positions, key_valid, start):
+        mask = attention_mask(key_valid, start, positions.shape[1])
+        cos, sin = rope_at(self.cos, self.sin, positions, self.rotary_dtype, self.compute_dtype)
+        return mask, cos, sin
 
 
 class CachedAttention(nn.Cell):

@@ -18,12 +18,12 @@ and its slice of gate and of up. ``dense`` and ``dense_4h_to_h`` are row-paralle
 by an AllReduce. Permuting the weights into per-rank [gate_r; up_r] blocks instead would save the MLP gather, but a
 rank's parameter would no longer be a slice any strategy file can describe.
 """
-from mindspore import nn, ops
 import mindspore as ms
+from mindspore import nn, ops
 
-from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, attention_mask
+from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
 from mindkit.models.glm2_config import ChatGLM2Config
-from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_at, rope_tables,
+from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
                                    rotate_half_matrix)
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
@@ -126,15 +126,14 @@ class ChatGLM2Model(nn.Cell):
         if stage.last:
             self.output_layer = Linear(cfg.hidden_size, cfg.padded_vocab_size, cfg.param_init_type,
                                        cfg.compute_dtype, split_axis=0, tp=tp)
-        self.cos, self.sin = rope_tables(cfg.kv_channels, cfg.seq_length, ROPE_BASE * cfg.rope_ratio,
-                                         rotary_dim=cfg.kv_channels // 2, interleaved=True)
-        self.rotary_dtype = ms_dtype(cfg.rotary_dtype)
+        tables = rope_tables(cfg.kv_channels, cfg.seq_length, ROPE_BASE * cfg.rope_ratio,
+                             rotary_dim=cfg.kv_channels // 2, interleaved=True)
+        self.inputs = StepInputs(tables, cfg.rotary_dtype, cfg.compute_dtype)
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
 
     def construct(self, input_ids, positions, key_valid, start, caches):
         B, L = input_ids.shape
-        mask = attention_mask(key_valid, start, L)
-        cos, sin = rope_at(self.cos, self.sin, positions, self.rotary_dtype, self.compute_dtype)
+        mask, cos, sin = self.inputs(positions, key_valid, start)
         if self.first:
             h = cast(self.embedding(input_ids), self.compute_dtype)
         else:

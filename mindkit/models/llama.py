@@ -7,8 +7,8 @@ cache slots, so padding never changes a row's result.
 from mindspore import nn, ops
 
 from mindkit.checkpoint.fused import match_layout
-from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, attention_mask
-from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_at, rope_tables,
+from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
+from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
                                    rotate_half_matrix)
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.parallel.pipeline import PipelineStage
@@ -111,14 +111,13 @@ class LlamaModel(StagedLayers):
         if stage.last:
             self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type,
                                     cfg.layernorm_compute_type)
-        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta)  # float32: gathered per call
-        self.rotary_dtype = ms_dtype(cfg.rotary_dtype)
+        self.inputs = StepInputs(rope_tables(cfg.head_dim, cfg.seq_length, cfg.theta), cfg.rotary_dtype,
+                                 cfg.compute_dtype)
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
 
     def construct(self, input_ids, positions, key_valid, start, caches):
         B, L = input_ids.shape
-        mask = attention_mask(key_valid, start, L)
-        cos, sin = rope_at(self.cos, self.sin, positions, self.rotary_dtype, self.compute_dtype)
+        mask, cos, sin = self.inputs(positions, key_valid, start)
         if self.first:
             h = cast(self.tok_embeddings(input_ids), self.compute_dtype)
         else:

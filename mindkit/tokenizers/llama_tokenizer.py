@@ -20,7 +20,8 @@ def load_sentencepiece(vocab_file, key="processor.tokenizer.vocab_file"):
     try:
         return path, spm.SentencePieceProcessor(model_file=path)
     except (RuntimeError, OSError) as e:
-        raise ConfigError(key, path, "a sentencepiece tokenizer.model file", hint=str(e).splitlines()[0][:160]) from None
+        raise ConfigError(key, path, "a sentencepiece tokenizer.model file",
+                          hint=str(e).splitlines()[0][:160]) from None
 
 
 @register("tokenizer")
