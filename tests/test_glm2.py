@@ -302,3 +302,13 @@ def test_lora_finetune_then_eval(tiny_glm2, zh_sp_model, tmp_path):
                      ["--model.model_config.checkpoint_name_or_path", tiny_glm2["ckpt"],
                       "--options", "eval_dataset.num_samples=4", "eval_dataset.batch_size=4"])
     assert set(tuned) == {"ADGENMetric", "PerplexityMetric"} and np.isfinite(tuned["PerplexityMetric"]["PPL"])
+
+
+@pytest.mark.slow
+def test_compiled_steps_greedy_match_numpy():
+    """context.mode 0: prefill and decode compiled by mindspore.jit (~20 s of compiling here)."""
+    from mindkit.generation.model_runner import ModelRunner
+    model = random_model(seed=3)
+    runner = ModelRunner(model, compiled=True, slot_bucket=32, prompt_bucket=16)
+    out = generate(model, PROMPTS, max_new_tokens=NEW_TOKENS, eos_token_id=(), runner=runner)
+    assert out.new_tokens == reference(model)[1] and len(runner.compile_seconds) == 2
