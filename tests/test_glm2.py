@@ -99,7 +99,7 @@ def test_the_6b_config_loads_and_validates():
     cfg = build_model_config(config)
     assert isinstance(cfg, ChatGLM2Config)
     assert (cfg.num_layers, cfg.vocab_size, cfg.num_attention_heads, cfg.kv_groups, cfg.kv_channels,
-            cfg.ffn_hidden_size, cfg.pre_seq_len) == (28, 65024, 32, 2, 128, 13696, "None")
+            cfg.ffn_hidden_size, cfg.pre_seq_len, cfg.layernorm_epsilon) == (28, 65024, 32, 2, 128, 13696, "None", 1e-5)
     assert config.model["arch"]["type"] == "ChatGLM2ForConditionalGeneration"
     with pytest.raises(ConfigError, match="processor.tokenizer.vocab_file"):
         build_processor(config)        # no tokenizer.model shipped: the error names the key
