@@ -1,8 +1,10 @@
 """Run under msrun by tests/test_launcher.py: the tiny model's logits with model_parallel (tp) or pipeline_stage (pp)
 equal to the world size.  usage: parallel_logits_worker.py CONFIG CKPT OUT.npy QKV_CONCAT tp|pp"""
+import os
 import sys
 
-import mindspore as ms
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's mindkit
+import mindspore as ms  # noqa: E402
 import numpy as np
 from mindspore import communication
 

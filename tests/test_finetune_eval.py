@@ -151,9 +151,10 @@ def test_dataset_bad_inputs_name_the_key(zh_sp_model, tmp_path, caplog):
 
 # ---- runners --------------------------------------------------------------------------------------------------------
 
-def tiny_yaml(tmp_path, zh_sp_model, extra=""):
-    """A finetune+eval YAML over the tiny Llama, the Chinese tokenizer and the shipped sample."""
-    text = open(TINY_CONFIG).read().replace("vocab_file: ''", f"vocab_file: '{zh_sp_model}'")
+def tiny_yaml(tmp_path, zh_sp_model, extra="", base=TINY_CONFIG):
+    """A finetune+eval YAML over the tiny model of ``base`` (Llama by default), the Chinese tokenizer and the
+    shipped sample."""
+    text = open(base).read().replace("vocab_file: ''", f"vocab_file: '{zh_sp_model}'")
     text = text.replace("pad_token_id: 0", "pad_token_id: 3").replace("max_new_tokens: 8", "max_new_tokens: 40")
     text += f"""
 runner_config:

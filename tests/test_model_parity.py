@@ -27,7 +27,11 @@ def tiny_config(tie=False, kv=2, qkv_concat=False):
 
 def tiny_model(tie=False, kv=2, seed=0):
     """A tiny Llama with random weights scaled so logits are well separated (the default init gives near-ties)."""
-    model = LlamaForCausalLM(tiny_config(tie, kv))
+    return randomize(LlamaForCausalLM(tiny_config(tie, kv)), seed)
+
+
+def randomize(model, seed):
+    """Random weights: 1-D ones (norms, biases) around 1, embeddings N(0, 1), linear weights N(0, 1/in)."""
     rng = np.random.default_rng(seed)
     for p in model.get_parameters():
         shape = tuple(p.shape)

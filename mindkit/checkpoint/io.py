@@ -6,7 +6,6 @@ import os
 import numpy as np
 import mindspore as ms
 
-from mindkit.checkpoint.fused import match_layout
 from mindkit.checkpoint.quantize import is_quantized, quantize_state
 from mindkit.errors import CheckpointError
 from mindkit.parallel.layout import full_shapes, param_layouts, shard
@@ -106,20 +105,17 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     if path.endswith(".gguf"):
         check_against_gguf(model.config, path, key)
     state = {k: v for k, v in read_state(path, key).items() if not k.startswith(TRAINING_STATE)}
-    if own:  # this rank's slices: local shapes, local KV heads
-        expected = {p.name: tuple(p.shape) for p in model.get_parameters()}
-        state = match_layout(state, expected, getattr(model, "cache_kv_heads", model.config.kv_heads))
-    else:
-        expected = full_shapes(model)
-        state = match_layout(state, expected, model.config.kv_heads)
-    embedding = "model.tok_embeddings.embedding_weight"
-    if model.config.tie_word_embeddings and "lm_head.weight" in state and embedding in state:
+    # own: this rank's slices (local shapes); else full weights
+    expected = {p.name: tuple(p.shape) for p in model.get_parameters()} if own else full_shapes(model)
+    state = model.adapt_checkpoint(state, expected, local=bool(own))
+    head, tied_to = model.tied_head or (None, None)
+    if head in state and tied_to in state:
         # a tied model's head is its embedding; a checkpoint may still carry the (identical) copy
-        if not np.array_equal(state["lm_head.weight"], state[embedding]):
-            raise CheckpointError(f"{path}: parameter lm_head.weight", "a head different from the embedding",
-                                  "no separate lm_head in a model with tie_word_embeddings: True",
+        if not np.array_equal(state[head], state[tied_to]):
+            raise CheckpointError(f"{path}: parameter {head}", "a head different from the embedding",
+                                  f"no separate {head} in a model with tie_word_embeddings: True",
                                   hint="set model.model_config.tie_word_embeddings: False")
-        del state["lm_head.weight"]
+        del state[head]
     int8 = {p.name for p in model.get_parameters() if p.dtype == ms.int8}
     to_quantize = {n for n in int8 if n in state and state[n].dtype.kind == "f"}
     if to_quantize:

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 
 import yaml
 
@@ -23,6 +24,15 @@ def deep_merge(base, over):
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus floats written without a dot (``1e-5``, as MindFormers' configs write them), which
+    YAML 1.1 leaves as strings (MindFormers converts them where it uses them)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def load_yaml(path, _seen=()):
     if not os.path.isfile(path):
         raise ConfigError("config", path, "an existing YAML file")
@@ -31,7 +41,7 @@ def load_yaml(path, _seen=()):
         raise ConfigError("base_config", path, "no cycle of base_config files")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_Loader)
     except UnicodeDecodeError as e:
         raise ConfigError("config", path, "a UTF-8 YAML file", hint=f"byte {e.start} is not UTF-8") from None
     except yaml.YAMLError as e:

@@ -42,5 +42,5 @@ class KVCache(nn.Cell):
     @classmethod
     def for_model(cls, model, batch, slots):
         """The cache ``model`` reads and writes: its (pipeline stage's) layers, its KV heads on this rank."""
-        cfg = model.config
-        return cls(model.cache_layers, batch, model.cache_kv_heads, slots, cfg.head_dim, ms_dtype(cfg.compute_dtype))
+        return cls(model.cache_layers, batch, model.cache_kv_heads, slots, model.cache_head_dim,
+                   ms_dtype(model.config.compute_dtype))

@@ -27,7 +27,7 @@ class DecodeStep(nn.Cell):
 
 class ModelRunner:
     def __init__(self, model, compiled=False, slot_bucket=64, prompt_bucket=32, max_buckets=4):
-        # without a cache every step has a new shape; pipeline hand-offs run op by op (see models.llama.Handoff)
+        # without a cache every step has a new shape; pipeline hand-offs run op by op (see models.causal_lm.Handoff)
         compiled = compiled and model.config.use_past and not getattr(model, "pipelined", False)
         self.model, self.compiled = model, compiled
         self.slot_bucket, self.max_buckets = slot_bucket, max_buckets

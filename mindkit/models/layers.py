@@ -62,13 +62,14 @@ def int8_params(shape):
 
 
 class Linear(nn.Cell, ParallelLayout):
-    """y = x @ W^T with W stored (out, in) as MindFormers does. ``split_axis`` 0: column-parallel (each rank computes
-    out/tp outputs); 1: row-parallel (each rank holds in/tp inputs, partial outputs are summed over the group).
-    ``quant="int8"``: W is int8 with a float32 ``weight_scale`` per output row, y = (x @ W^T) * scale (computed in
-    float32 by mindkit.ops.Int8MatMul)."""
+    """y = x @ W^T (+ b) with W stored (out, in) as MindFormers does. ``split_axis`` 0: column-parallel (each rank
+    computes out/tp outputs; with ``gather_output`` they are all-gathered, so every rank gets all ``out``); 1:
+    row-parallel (each rank holds in/tp inputs, partial outputs are summed over the group; the bias, whole on every
+    rank, is added after the sum). ``quant="int8"``: W is int8 with a float32 ``weight_scale`` per output row,
+    y = (x @ W^T) * scale (computed in float32 by mindkit.ops.Int8MatMul)."""
 
     def __init__(self, in_features, out_features, param_init_type="float32", compute_dtype="float32",
-                 split_axis=None, init_std=0.02, tp=TPGroup(), quant=None):
+                 split_axis=None, init_std=0.02, tp=TPGroup(), quant=None, has_bias=False, gather_output=False):
         super().__init__()
         self.split_axis, self.tp = split_axis, tp
         if split_axis == 0:
@@ -76,6 +77,10 @@ class Linear(nn.Cell, ParallelLayout):
         elif split_axis == 1:
             in_features = tp.local(in_features, "the input features")
         self.in_features, self.out_features = in_features, out_features
+        self.gather = tp.all_gather() if gather_output and split_axis == 0 else None
+        self.out_width = out_features * tp.size if self.gather is not None else out_features
+        self.bias = Parameter(initializer("zeros", (out_features,), ms_dtype(param_init_type)),
+                              name="bias") if has_bias else None
         self.quant = quant
         if quant == "int8":
             self.weight, self.weight_scale = int8_params((out_features, in_features))
@@ -88,8 +93,9 @@ class Linear(nn.Cell, ParallelLayout):
         self.reduce = tp.all_reduce() if split_axis == 1 else None
 
     def param_split_axes(self):
-        # the scale follows the output rows: split with them, whole on every rank when the inputs are split
-        return {"weight": self.split_axis, "weight_scale": 0 if self.split_axis == 0 else None}
+        # the scale and bias follow the output rows: split with them, whole on every rank when the inputs are split
+        rows = 0 if self.split_axis == 0 else None
+        return {"weight": self.split_axis, "weight_scale": rows, "bias": rows}
 
     def construct(self, x):
         shape = x.shape
@@ -100,7 +106,12 @@ class Linear(nn.Cell, ParallelLayout):
             y = cast(self.qmatmul(x, self.weight, self.weight_scale), self.compute_dtype)
         if self.reduce is not None:
             y = self.reduce(y)
-        return y.reshape(shape[:-1] + (self.out_features,))
+        if self.bias is not None:
+            y = y + cast(self.bias, y.dtype)
+        if self.gather is not None:  # (tp * N, out / tp) -> (N, out)
+            y = self.gather(y).reshape(self.tp.size, -1, self.out_features).transpose(1, 0, 2)
+            y = y.reshape(-1, self.out_width)
+        return y.reshape(shape[:-1] + (self.out_width,))
 
 
 class Embedding(nn.Cell, ParallelLayout):
@@ -156,22 +167,42 @@ class RMSNorm(nn.Cell, ParallelLayout):
         return cast(x * cast(self.weight, self.compute_type), dtype)
 
 
-def rope_tables(head_dim, max_position, theta):
-    """cos/sin tables (max_position, head_dim) for rotate-half RoPE (pairs i and i + head_dim/2)."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def _rope_pairs(rotary_dim, interleaved):
+    """The (first, second) dims of each rotated pair: (i, i + rotary_dim/2) (rotate-half: Llama, HuggingFace) or
+    (2i, 2i + 1) (interleaved: GLM2); pair i turns at frequency i."""
+    i = np.arange(rotary_dim // 2)
+    return (2 * i, 2 * i + 1) if interleaved else (i, i + rotary_dim // 2)
+
+
+def rope_tables(head_dim, max_position, theta, rotary_dim=None, interleaved=False):
+    """cos/sin tables (max_position, head_dim) for RoPE on the first ``rotary_dim`` dims of a head (all by
+    default); the dims past it pass through (cos 1, sin 0)."""
+    rotary_dim = rotary_dim or head_dim
+    inv_freq = 1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
     freqs = np.outer(np.arange(max_position, dtype=np.float64), inv_freq)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return Tensor(np.cos(emb).astype(np.float32)), Tensor(np.sin(emb).astype(np.float32))
+    cos, sin = np.ones((max_position, head_dim)), np.zeros((max_position, head_dim))
+    for dims in _rope_pairs(rotary_dim, interleaved):
+        cos[:, dims], sin[:, dims] = np.cos(freqs), np.sin(freqs)
+    return Tensor(cos.astype(np.float32)), Tensor(sin.astype(np.float32))
 
 
-def rotate_half_matrix(head_dim, dtype=ms.float32):
-    """R with x @ R = concat(-x2, x1): rotate-half as one matmul instead of two slices, a negation and a concat
-    (exact: every output is one input times +-1)."""
-    half = head_dim // 2
+def rotate_half_matrix(head_dim, dtype=ms.float32, rotary_dim=None, interleaved=False):
+    """R with x @ R = the pair partner of each rotated dim, negated for the first of a pair (rotate-half:
+    concat(-x2, x1)); zero on pass-through dims. One matmul instead of slices, a negation and a concat (exact: every
+    output is one input times +-1)."""
+    first, second = _rope_pairs(rotary_dim or head_dim, interleaved)
     r = np.zeros((head_dim, head_dim), np.float32)
-    r[np.arange(half) + half, np.arange(half)] = -1.0
-    r[np.arange(half), np.arange(half) + half] = 1.0
+    r[second, first] = -1.0
+    r[first, second] = 1.0
     return Tensor(r, dtype)
+
+
+def rope_at(cos, sin, positions, rotary_dtype, compute_dtype):
+    """The tables' rows at ``positions`` (B, L), as (B, L, 1, head_dim) to broadcast over heads."""
+    B, L = positions.shape
+    cos = cast(cast(ops.gather(cos, positions, 0).reshape(B, L, 1, -1), rotary_dtype), compute_dtype)
+    sin = cast(cast(ops.gather(sin, positions, 0).reshape(B, L, 1, -1), rotary_dtype), compute_dtype)
+    return cos, sin
 
 
 def apply_rope(x, cos, sin, rot):

@@ -26,7 +26,7 @@ class LoRALinear(Linear):
 
     @classmethod
     def adapt(cls, cell, rank, alpha, dropout):
-        if cell.reduce is not None:
+        if cell.tp.size > 1:
             raise ConfigError("pet_config", "lora with model_parallel > 1",
                               "LoRA on a single process or with data parallelism (tensor-parallel LoRA is not built)")
         cell.__class__ = cls
@@ -70,9 +70,10 @@ def apply_lora(model, pet):
     chosen = [(name, cell) for name, cell in model.cells_and_names()
               if isinstance(cell, Linear) and not isinstance(cell, LoRALinear) and pattern.fullmatch(name)]
     # the head multiplies by its weight directly (a tied head has no Linear at all): an adapter there would be inert
-    if any(name == "lm_head" for name, _ in chosen):
+    head = getattr(model, "head_name", None)
+    if any(name == head for name, _ in chosen):
         raise ConfigError("pet_config.target_modules", targets,
-                          "patterns matching decoder-layer projections, not lm_head")
+                          f"patterns matching decoder-layer projections, not {head}")
     if not chosen:
         linears = [n for n, c in model.cells_and_names() if isinstance(c, Linear)]
         raise ConfigError("pet_config.target_modules", targets, "a pattern matching some Linear layers",

@@ -2,7 +2,7 @@
 
 Layer counts per stage are even by default (extra layers go to the last stages), or given as a list
 (``parallel_config.pipeline_stage: [2, 2, 3, 3]``, as Yuan's checkpoints use), or MindFormers' ``offset`` (per-stage
-additions to the even split). Activations move between stages with ``mindkit.models.llama.Handoff``.
+additions to the even split). Activations move between stages with ``mindkit.models.causal_lm.Handoff``.
 """
 import dataclasses
 

@@ -57,7 +57,7 @@ def setup_context(config, seed=True):
     # Op-by-op (mode 1) dispatch on CPU is ~9x faster with blocking launches, which make compiled graphs (mode 0)
     # ~3x slower (measured, ../shared/REAL_MODEL.md); mode 0 compiles prefill and decode, so it does without.
     # launch_blocking() silently does nothing once any op has run: this must come before the first op.
-    # Pipeline stages always run op by op (mindkit.models.llama.Handoff).
+    # Pipeline stages always run op by op (mindkit.models.causal_lm.Handoff).
     op_by_op = ctx.mode == 1 or (config.use_parallel and config.parallel_config.stages > 1)
     if ctx.device_target == "CPU" and op_by_op:
         ms.runtime.launch_blocking()

@@ -14,18 +14,22 @@ from mindkit.tokenizers.base import Tokenizer
 from mindkit.utils.paths import require_file, resolve_path
 
 
+def load_sentencepiece(vocab_file, key="processor.tokenizer.vocab_file"):
+    """(resolved path, SentencePieceProcessor) of a ``tokenizer.model``; a missing or unreadable file names ``key``."""
+    path = require_file(resolve_path(vocab_file, key), key, "sentencepiece tokenizer.model file")
+    try:
+        return path, spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+        raise ConfigError(key, path, "a sentencepiece tokenizer.model file",
+                          hint=str(e).splitlines()[0][:160]) from None
+
+
 @register("tokenizer")
 class LlamaTokenizer(Tokenizer):
     def __init__(self, vocab_file=None, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>",
                  add_bos_token=True, add_eos_token=False, chat_template=None, **kwargs):
         warn_unused("processor.tokenizer", kwargs)
-        key = "processor.tokenizer.vocab_file"
-        self.vocab_file = require_file(resolve_path(vocab_file, key), key, "sentencepiece tokenizer.model file")
-        try:
-            self.sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
-        except (RuntimeError, OSError) as e:
-            raise ConfigError(key, self.vocab_file, "a sentencepiece tokenizer.model file",
-                              hint=str(e).splitlines()[0][:160]) from None
+        self.vocab_file, self.sp = load_sentencepiece(vocab_file)
         self.unk_token_id = self._piece_id(unk_token, self.sp.unk_id())
         self.bos_token_id = self._piece_id(bos_token, self.sp.bos_id())
         self.eos_token_id = self._piece_id(eos_token, self.sp.eos_id())
