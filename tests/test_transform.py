@@ -369,6 +369,8 @@ def test_real_model_round_trip_through_tp3_and_pp2_is_bit_exact(smollm2_layouts)
 @pytest.mark.parametrize("folder,workers,mesh", [("tp3", 3, "--parallel_config.model_parallel 3"),
                                                  ("pp2", 2, "--parallel_config.pipeline_stage 2")])
 def test_real_model_predicts_identically_from_transformed_shards(folder, workers, mesh, smollm2_layouts, tmp_path):
+    """The real model's distributed predict check: SmolLM2's 9 heads / 3 KV heads over 3 ranks, its 30 layers as 2
+    stages, each rank loading its transformed shard, answers as one process does."""
     from conftest import SMOLLM2_CONFIG
     from test_launcher import single_and_distributed
     root, _ = smollm2_layouts
