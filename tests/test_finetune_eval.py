@@ -234,26 +234,18 @@ def evaluate(yaml, checkpoint, cwd, out, extra=()):
 
 
 @pytest.fixture(scope="module")
-def tiny_pretrained(tiny_start, zh_sp_model, tmp_path_factory):
-    """The tiny Llama after ``run_mode: train`` on plain text of the domain (every summary and content, one per
-    line, packed into 128-token blocks): the base a LoRA adapts, as LoRA adapts pretrained models."""
-    folder = tmp_path_factory.mktemp("pretrain")
-    lines = [v for line in open(os.path.join(SAMPLE, "train.json"), encoding="utf-8")
-             for v in json.loads(line).values()]
-    (folder / "domain.txt").write_text("\n".join(lines), encoding="utf-8")
-    yaml = edit(tiny_yaml(folder, zh_sp_model),
-                (f"type: ADGenDataLoader, dataset_dir: '{SAMPLE}/train.json'",
-                 f"type: TextDataLoader, dataset_dir: '{folder / 'domain.txt'}'"),
-                ("epochs: 6", "epochs: 12"), ("batch_size: 8", "batch_size: 2"))
-    proc = cli(["--config", yaml, "--run_mode", "train", "--load_checkpoint", tiny_start, "--output_dir",
-                str(folder / "out")], folder)
-    curve = losses(proc.stderr)
-    assert curve[-1] < curve[0] / 2, curve
-    return max((folder / "out" / "checkpoint" / "rank_0").iterdir(), key=os.path.getmtime)
-
-
-def epoch_means(curve, steps=8):
-    return [float(np.mean(curve[i:i + steps])) for i in range(0, len(curve), steps)]
+def tiny_unit_start(tiny_start, tmp_path_factory):
+    """The random tiny Llama with its matrices drawn at std 1/sqrt(hidden) instead of 0.02 (norms stay 1). At 0.02 a
+    width-64 model's activations and logits are tiny (a frozen head can move a logit by ~1 at most), so adapters on
+    frozen layers stall at the unigram loss; real bases have O(1) activations, which this scale gives."""
+    from mindkit.checkpoint import read_state, save_state
+    state = read_state(tiny_start)
+    rng = np.random.default_rng(5)
+    std = 1.0 / np.sqrt(state["model.norm_out.weight"].shape[0])
+    state = {k: (rng.normal(0.0, std, v.shape).astype(v.dtype) if v.ndim == 2 else v) for k, v in state.items()}
+    path = tmp_path_factory.mktemp("unit_start") / "tiny_unit_start.ckpt"
+    save_state(state, str(path))
+    return str(path)
 
 
 def test_full_finetune_halves_the_loss_and_raises_rouge(tiny_start, zh_sp_model, tmp_path):
@@ -269,29 +261,29 @@ def test_full_finetune_halves_the_loss_and_raises_rouge(tiny_start, zh_sp_model,
     assert after["PerplexityMetric"]["PPL"] < before["PerplexityMetric"]["PPL"] / 2
 
 
-def test_lora_finetune_trains_only_adapters_of_a_frozen_base(tiny_pretrained, zh_sp_model, tmp_path):
-    """LoRA adapts the pretrained tiny base: only adapters (and their AdamW state) are saved, the base file is
-    untouched, and base + adapter evaluates better than the base alone. (On this 2-layer, hidden-64 model LoRA
-    learns the keyword->summary mapping far more slowly than a full finetune: the loss falls ~8% in 48 steps.)"""
+def test_lora_finetune_halves_the_loss_and_raises_rouge_with_a_frozen_base(tiny_unit_start, zh_sp_model, tmp_path):
+    """LoRA on every projection of a random tiny Llama: only adapters (and their AdamW state) are saved, the base file
+    is untouched, and base + adapter halves the loss and raises ROUGE-L as a full finetune does."""
     from mindkit.checkpoint import read_state
-    yaml = tiny_yaml(tmp_path, zh_sp_model, "pet_config: {pet_type: lora, lora_rank: 16, lora_alpha: 16, "
-                     "target_modules: '.*w[qkvo]|.*w[123]'}\nlr_schedule: {type: constant, learning_rate: 3.e-3}\n")
-    base_before = read_state(str(tiny_pretrained))
-    proc = cli(["--config", yaml, "--run_mode", "finetune", "--load_checkpoint", str(tiny_pretrained),
+    yaml = edit(tiny_yaml(tmp_path, zh_sp_model, "pet_config: {pet_type: lora, lora_rank: 16, lora_alpha: 32, "
+                          "target_modules: '.*w[qkvo]|.*w[123]'}\n"), ("learning_rate: 5.e-3", "learning_rate: 2.e-3"))
+    base_before = read_state(tiny_unit_start)
+    before = evaluate(yaml, tiny_unit_start, tmp_path, str(tmp_path / "eval_before"))  # fresh adapters: the base
+    proc = cli(["--config", yaml, "--run_mode", "finetune", "--load_checkpoint", tiny_unit_start,
                 "--output_dir", str(tmp_path / "out")], tmp_path)
-    means = epoch_means(losses(proc.stderr))
-    assert means[-1] < means[0] * 0.95, means
+    curve = losses(proc.stderr)
+    assert len(curve) == 6 * 8 and curve[-1] < curve[0] / 2, curve
     final = tmp_path / "out" / "checkpoint" / "rank_0" / "tiny_rank_0-6_8.ckpt"
     saved = read_state(str(final))
     assert all("mindpet_delta_lora" in k or k.startswith(("adam_", "global_step", "epoch_num", "step_num",
                                                           "loss_scale")) for k in saved)
     assert os.path.getsize(final) < 10 * 2**20
-    base_after = read_state(str(tiny_pretrained))
+    base_after = read_state(tiny_unit_start)
     assert all(np.array_equal(base_before[k], base_after[k]) for k in base_before)
-    base = evaluate(yaml, str(tiny_pretrained), tmp_path, str(tmp_path / "eval_base"))  # fresh adapters: the base
-    tuned = evaluate(yaml, str(final), tmp_path, str(tmp_path / "eval_tuned"),
-                     ["--model.model_config.checkpoint_name_or_path", str(tiny_pretrained)])
-    assert tuned["PerplexityMetric"]["PPL"] < base["PerplexityMetric"]["PPL"]
+    after = evaluate(yaml, str(final), tmp_path, str(tmp_path / "eval_after"),
+                     ["--model.model_config.checkpoint_name_or_path", tiny_unit_start])
+    assert after["ADGENMetric"]["rouge-l"] > before["ADGENMetric"]["rouge-l"] + 10
+    assert after["PerplexityMetric"]["PPL"] < before["PerplexityMetric"]["PPL"] / 2
 
 
 def test_killed_finetune_resumes_to_the_same_weights(tiny_start, zh_sp_model, tmp_path):
