@@ -341,9 +341,9 @@ def test_finetune_bad_inputs_are_one_line(tiny_start, zh_sp_model, tmp_path):
 @pytest.mark.slow
 def test_real_smollm2_lora_runs_and_saves_a_small_adapter(tmp_path):
     proc = cli(["--config", os.path.join(REPO, "configs/smollm2/finetune_smollm2_lora.yaml"), "--output_dir",
-                str(tmp_path / "out"), "--options", "train_dataset.num_samples=6"], tmp_path)
+                str(tmp_path / "out"), "--options", "train_dataset.num_samples=4"], tmp_path)
     curve = losses(proc.stderr)
-    assert len(curve) == 3 and all(np.isfinite(curve))
+    assert len(curve) == 2 and all(np.isfinite(curve))
     saved = list((tmp_path / "out" / "checkpoint" / "rank_0").iterdir())
     assert len(saved) == 1 and os.path.getsize(saved[0]) < 10 * 2**20
 

@@ -100,10 +100,11 @@ def test_a_failing_rank_fails_the_job_with_its_error(tiny_ckpt, tiny_sp_model, t
     assert not (tmp_path / "text_generation_result.txt").exists()
 
 
-@pytest.mark.parametrize("qkv_concat,mode", [(False, 1), (True, 0)], ids=["separate-eager", "fused-compiled"])
-def test_tensor_parallel_two_processes_equal_single_process(qkv_concat, mode, tiny_ckpt, tiny_sp_model, tmp_path):
-    """model_parallel=2: column/row-split projections, vocab-split embedding and head, 2 of 4 heads per rank."""
-    fused = f"--model.model_config.qkv_concat={qkv_concat} --mode {mode}"
+def test_tensor_parallel_two_processes_equal_single_process(tiny_ckpt, tiny_sp_model, tmp_path):
+    """model_parallel=2 through the CLI, fused projections and compiled steps: column/row-split projections,
+    vocab-split embedding and head, 2 of 4 heads per rank. (Separate projections op by op: the logits test and
+    test_tp2_loads_a_distributed_checkpoint_of_matching_layout.)"""
+    fused = "--model.model_config.qkv_concat=True --mode 0"
     one, two = single_and_distributed(
         tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], fused),
         tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
@@ -182,11 +183,12 @@ def test_tp2_loads_a_distributed_checkpoint_of_matching_layout(tiny_ckpt, tiny_s
     assert "rank_1/tiny_rank_1.ckpt" in (tmp_path / "multi" / "output" / "log" / "rank_1" / "info.log").read_text()
 
 
-@pytest.mark.parametrize("stages,mode", [("2", 1), ("[1,1]", 0)], ids=["even", "list-mode0"])
-def test_pipeline_two_stages_equal_single_process(stages, mode, tiny_ckpt, tiny_sp_model, tmp_path):
-    """pipeline_stage=2: rank 0 runs layer 0 and hands its activations to rank 1, which runs layer 1 and the head."""
+def test_pipeline_two_stages_equal_single_process(tiny_ckpt, tiny_sp_model, tmp_path):
+    """pipeline_stage as a list of layer counts, asked for compiled steps (stages run op by op): rank 0 runs layer 0
+    and hands its activations to rank 1, which runs layer 1 and the head. (An even pipeline_stage=2: the logits test
+    and the server's.)"""
     one, two = single_and_distributed(
-        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], f"--mode {mode}"),
+        tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3], "--mode 0"),
         tiny_cmd(tiny_ckpt, tiny_sp_model, PROMPTS[:3],
-                 f"--mode {mode} --use_parallel True --parallel_config.pipeline_stage={stages}"), 2, tmp_path)
+                 "--mode 0 --use_parallel True --parallel_config.pipeline_stage=[1,1]"), 2, tmp_path)
     assert two == one

@@ -374,8 +374,8 @@ def test_real_model_predicts_identically_from_transformed_shards(folder, workers
     from conftest import SMOLLM2_CONFIG
     from test_launcher import single_and_distributed
     root, _ = smollm2_layouts
-    base = (f"{os.path.join(REPO, 'run_mindformer.py')} --config {SMOLLM2_CONFIG} --max_new_tokens 12 "
-            "--predict_data 'What is the capital of France?' 'Name a color.'")
+    base = (f"{os.path.join(REPO, 'run_mindformer.py')} --config {SMOLLM2_CONFIG} --max_new_tokens 10 "
+            "--predict_batch_size 2 --predict_data 'What is the capital of France?' 'Name a color.'")
     one, two = single_and_distributed(base, f"{base} --load_checkpoint {root / folder} --use_parallel True {mesh}",
                                       workers, tmp_path, timeout=600)
     assert two == one and "Paris" in one[0]["text_generation_text"][0]
