@@ -301,20 +301,20 @@ def smollm2_server(tmp_path_factory):
     assert s.stop() == 0, s.output()[-3000:]
 
 
-QUESTIONS = ["What is the capital of France?", "Name a color.", "What is 2 + 2?", "Say hello."]
+QUESTIONS = ["What is the capital of France?", "Name a color.", "What is 2 + 2?"]
 
 
 @pytest.mark.slow
 def test_smollm2_chat_equals_offline_predict(smollm2_server, tmp_path):
     """Chat (the model's template) and Yuan's route both answer as ``--run_mode predict`` does, greedy."""
     expected = offline_answers(["--config", SMOLLM2_SERVE, "--output_dir", str(tmp_path / "output")],
-                               QUESTIONS[:2], tmp_path, 16)
+                               QUESTIONS[:2], tmp_path, 10)
     chat = [client.post(smollm2_server.base, "/v1/chat/completions", {
-        "messages": [{"role": "user", "content": q}], "max_tokens": 16, "temperature": 0})
+        "messages": [{"role": "user", "content": q}], "max_tokens": 10, "temperature": 0})
         ["choices"][0]["message"]["content"] for q in QUESTIONS[:2]]
     assert chat == expected and "Paris" in chat[0]
     status, data, _ = client.request(smollm2_server.base, "PUT", "/yuan", {
-        "ques_list": [{"id": str(i), "ques": q} for i, q in enumerate(QUESTIONS[:2])], "tokens_to_generate": 16,
+        "ques_list": [{"id": str(i), "ques": q} for i, q in enumerate(QUESTIONS[:2])], "tokens_to_generate": 10,
         "top_k": 1})
     assert status == 200 and [o["ans"] for o in data["resData"]["output"]] == expected
 
@@ -324,13 +324,13 @@ def test_smollm2_concurrent_streams_and_openai_client(smollm2_server):
     openai = pytest.importorskip("openai")
     oc = openai.OpenAI(base_url=smollm2_server.base + "/v1", api_key="unused")
     alone = {q: oc.chat.completions.create(model="smollm2_135m", messages=[{"role": "user", "content": q}],
-                                           max_tokens=12, temperature=0).choices[0].message.content
+                                           max_tokens=8, temperature=0).choices[0].message.content
              for q in QUESTIONS}
     streamed = {}
 
     def one(q):
         chunks = oc.chat.completions.create(model="smollm2_135m", messages=[{"role": "user", "content": q}],
-                                            max_tokens=12, temperature=0, stream=True)
+                                            max_tokens=8, temperature=0, stream=True)
         streamed[q] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     threads = [threading.Thread(target=one, args=(q,)) for q in QUESTIONS]
     for t in threads:
