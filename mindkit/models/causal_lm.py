@@ -14,7 +14,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindkit.generation.mixin import GenerationMixin
-from mindkit.models.layers import cast, ms_dtype, rope_at
+from mindkit.models.layers import apply_rope, cast, ms_dtype, rope_at, rope_partners, rotate_half_matrix
+from mindkit.ops import decode_kernels
 from mindkit.ops.int8_matmul import Int8MatMul
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
@@ -47,12 +48,15 @@ class StepInputs(nn.Cell):
 
 
 class CachedAttention(nn.Cell):
-    """Softmax attention of ``n_heads`` query heads over ``n_kv`` cached KV heads, query heads in consecutive equal
-    groups per KV head. ``kv_of_head`` (the KV head each query head reads) is for heads that do not fall into equal
-    groups (a tensor-parallel rank whose heads straddle KV groups): then K/V are expanded per head after the cache,
-    which still holds each KV head once."""
+    """RoPE, then softmax attention of ``n_heads`` query heads over ``n_kv`` cached KV heads, query heads in
+    consecutive equal groups per KV head. ``kv_of_head`` (the KV head each query head reads) is for heads that do not
+    fall into equal groups (a tensor-parallel rank whose heads straddle KV groups): then K/V are expanded per head
+    after the cache, which still holds each KV head once. ``rotary_dim``/``interleaved``: see layers.rope_partners.
+    A one-token float32 step out of training runs as one fused kernel (mindkit.ops.decode_kernels) where it
+    is available."""
 
-    def __init__(self, n_heads, n_kv, head_dim, softmax_dtype, kv_of_head=None):
+    def __init__(self, n_heads, n_kv, head_dim, softmax_dtype, compute_dtype, kv_of_head=None, rotary_dim=None,
+                 interleaved=False):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = n_heads, n_kv, head_dim
         self.kv_index = None if kv_of_head is None else Tensor(np.asarray(kv_of_head, np.int32))
@@ -61,11 +65,24 @@ class CachedAttention(nn.Cell):
         self.softmax_dtype = ms_dtype(softmax_dtype)
         self.scale = 1.0 / float(np.sqrt(head_dim))
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
+        self.rot = rotate_half_matrix(head_dim, ms_dtype(compute_dtype), rotary_dim, interleaved)
+        partner, sign = rope_partners(head_dim, rotary_dim, interleaved)
+        self.partner, self.sign = Tensor(partner), Tensor(sign)
+        float32 = softmax_dtype == compute_dtype == "float32"
+        self.fused = decode_kernels.decode_attention() if float32 and kv_of_head is None else None
 
-    def construct(self, q, k, v, mask, cache, start):
-        """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd).
-        Returns (B, L, n_heads * hd)."""
+    def construct(self, q, k, v, cos, sin, mask, cache, start):
+        """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
+        RoPE. Returns (B, L, n_heads * hd)."""
         B, L = q.shape[0], q.shape[1]
+        if self.fused is not None and not self.training and L == 1 and q.dtype == ms.float32 and cache.k.dtype == ms.float32:
+            slot = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
+            out = self.fused(q.reshape(B, self.n_heads, self.hd), k.reshape(B, self.n_kv, self.hd),
+                             v.reshape(B, self.n_kv, self.hd), cos.reshape(B, -1), sin.reshape(B, -1), self.partner,
+                             self.sign, cache.k, cache.v, mask.reshape(B, -1), slot)
+            return out.reshape(B, 1, -1)
+        q = apply_rope(q.reshape(B, L, self.n_heads, self.hd), cos, sin, self.rot)
+        k = apply_rope(k, cos, sin, self.rot)
         k_cache, v_cache = cache.write(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start)
         if self.kv_index is not None:
             k_cache, v_cache = ops.gather(k_cache, self.kv_index, 1), ops.gather(v_cache, self.kv_index, 1)

@@ -23,8 +23,8 @@ from mindspore import nn, ops
 
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
 from mindkit.models.glm2_config import ChatGLM2Config
-from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
-                                   rotate_half_matrix)
+from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, ms_dtype, rope_tables
+from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.registry import register
@@ -54,17 +54,16 @@ class ChatGLM2SelfAttention(nn.Cell):
         self.query_key_value = Linear(cfg.hidden_size, (H + 2 * G) * hd, split_axis=0, gather_output=True,
                                       has_bias=cfg.add_qkv_bias or cfg.add_bias_linear, **lin)
         self.dense = Linear(H * hd, cfg.hidden_size, split_axis=1, has_bias=cfg.add_bias_linear, **lin)
-        self.core = CachedAttention(self.heads, self.n_kv, hd, cfg.softmax_compute_type, None if equal else local)
-        self.rot = rotate_half_matrix(hd, ms_dtype(cfg.compute_dtype), rotary_dim=hd // 2, interleaved=True)
+        self.core = CachedAttention(self.heads, self.n_kv, hd, cfg.softmax_compute_type, cfg.compute_dtype,
+                                    None if equal else local, rotary_dim=hd // 2, interleaved=True)
 
     def construct(self, x, cos, sin, mask, cache, start):
         B, L, _ = x.shape
         qkv = self.query_key_value(x)                       # (B, L, (H + 2G) * hd): every rank's whole output
-        q = qkv[:, :, self.q_cols[0]:self.q_cols[1]].reshape(B, L, self.heads, self.hd)
+        q = qkv[:, :, self.q_cols[0]:self.q_cols[1]]
         k = qkv[:, :, self.k_cols[0]:self.k_cols[1]].reshape(B, L, self.n_kv, self.hd)
         v = qkv[:, :, self.v_cols[0]:self.v_cols[1]].reshape(B, L, self.n_kv, self.hd)
-        q, k = apply_rope(q, cos, sin, self.rot), apply_rope(k, cos, sin, self.rot)
-        return self.dense(self.core(q, k, v, mask, cache, start))
+        return self.dense(self.core(q, k, v, cos, sin, mask, cache, start))
 
 
 class ChatGLM2MLP(nn.Cell):
@@ -79,12 +78,14 @@ class ChatGLM2MLP(nn.Cell):
                    has_bias=cfg.add_bias_linear)
         self.dense_h_to_4h = Linear(cfg.hidden_size, 2 * full, split_axis=0, gather_output=True, **lin)
         self.dense_4h_to_h = Linear(full, cfg.hidden_size, split_axis=1, **lin)
+        self.act = decode_kernels.silu_mul()
 
     def construct(self, x):
         y = self.dense_h_to_4h(x)
         gate = cast(y[..., self.gate_cols[0]:self.gate_cols[1]], ms.float32)
         up = cast(y[..., self.up_cols[0]:self.up_cols[1]], ms.float32)
-        return self.dense_4h_to_h(cast(ops.silu(gate) * up, y.dtype))
+        act = self.act(gate, up) if self.act is not None and not self.training else ops.silu(gate) * up
+        return self.dense_4h_to_h(cast(act, y.dtype))
 
 
 class ChatGLM2Block(nn.Cell):

@@ -11,6 +11,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from mindkit.ops import decode_kernels
 from mindkit.ops.int8_matmul import Int8MatMul
 from mindkit.parallel.tensor_parallel import TPGroup
 
@@ -153,13 +154,21 @@ class Embedding(nn.Cell, ParallelLayout):
 
 
 class RMSNorm(nn.Cell, ParallelLayout):
+    """x / sqrt(mean(x^2) + eps) * weight; one fused kernel (mindkit.ops.decode_kernels) when all is float32
+    and the cell is not training (the kernel has no gradient)."""
+
     def __init__(self, dim, eps=1e-5, param_init_type="float32", compute_type="float32"):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(initializer("ones", (dim,), ms_dtype(param_init_type)), name="weight")
         self.compute_type = ms_dtype(compute_type)
+        float32 = param_init_type == compute_type == "float32"
+        self.fused = decode_kernels.rms_norm() if float32 else None
+        self.eps_tensor = Tensor([eps], ms.float32)
 
     def construct(self, x):
+        if self.fused is not None and not self.training and x.dtype == ms.float32:
+            return self.fused(x, self.weight, self.eps_tensor)
         dtype = x.dtype
         x = cast(x, self.compute_type)
         var = ops.mean(ops.square(x), -1, keep_dims=True)
@@ -186,14 +195,22 @@ def rope_tables(head_dim, max_position, theta, rotary_dim=None, interleaved=Fals
     return Tensor(cos.astype(np.float32)), Tensor(sin.astype(np.float32))
 
 
-def rotate_half_matrix(head_dim, dtype=ms.float32, rotary_dim=None, interleaved=False):
-    """R with x @ R = the pair partner of each rotated dim, negated for the first of a pair (rotate-half:
-    concat(-x2, x1)); zero on pass-through dims. One matmul instead of slices, a negation and a concat (exact: every
-    output is one input times +-1)."""
+def rope_partners(head_dim, rotary_dim=None, interleaved=False):
+    """(partner, sign) per dim d of a head: RoPE turns x[d] into x[d] cos + sign[d] x[partner[d]] sin (rotate-half:
+    concat(-x2, x1)); pass-through dims have sign 0."""
     first, second = _rope_pairs(rotary_dim or head_dim, interleaved)
+    partner, sign = np.arange(head_dim, dtype=np.int32), np.zeros(head_dim, np.float32)
+    partner[first], partner[second] = second, first
+    sign[first], sign[second] = -1.0, 1.0
+    return partner, sign
+
+
+def rotate_half_matrix(head_dim, dtype=ms.float32, rotary_dim=None, interleaved=False):
+    """R with x @ R = sign * x[partner] (``rope_partners``): one matmul instead of slices, a negation and a concat
+    (exact: every output is one input times +-1 or 0)."""
+    partner, sign = rope_partners(head_dim, rotary_dim, interleaved)
     r = np.zeros((head_dim, head_dim), np.float32)
-    r[second, first] = -1.0
-    r[first, second] = 1.0
+    r[partner, np.arange(head_dim)] = sign
     return Tensor(r, dtype)
 
 

@@ -4,13 +4,14 @@ Shapes: B batch, L new tokens this call, S KV-cache slots. Prompts are left-padd
 cache slots; ``positions`` (B, L) are each row's RoPE positions and ``key_valid`` (B, S) marks real (non-pad)
 cache slots, so padding never changes a row's result.
 """
+import mindspore as ms
 from mindspore import nn, ops
 
 from mindkit.checkpoint.fused import match_layout
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
-from mindkit.models.layers import (Embedding, Linear, RMSNorm, apply_rope, cast, ms_dtype, rope_tables,
-                                   rotate_half_matrix)
+from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, ms_dtype, rope_tables
 from mindkit.models.llama_config import LlamaConfig
+from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
 from mindkit.registry import register
@@ -34,25 +35,17 @@ class LlamaAttention(nn.Cell):
             self.wk = Linear(cfg.hidden_size, kv_out, split_axis=0, **lin)
             self.wv = Linear(cfg.hidden_size, kv_out, split_axis=0, **lin)
         self.wo = Linear(q_out, cfg.hidden_size, split_axis=1, **lin)
-        self.core = CachedAttention(self.n_heads, self.n_kv, self.hd, cfg.softmax_compute_type)
-        self.rot = rotate_half_matrix(self.hd, ms_dtype(cfg.compute_dtype))
-
-    def _qkv(self, x, cos, sin):
-        """q (B, L, n_kv, rep, hd) and k, v (B, L, n_kv, hd), RoPE applied; cos/sin (B, L, 1, hd)."""
-        B, L, _ = x.shape
-        rep = self.n_heads // self.n_kv
-        if self.qkv_concat:  # rows grouped per KV head [q heads of group g; k_g; v_g]: one RoPE for q and k
-            qk, v = ops.split(self.w_qkv(x).reshape(B, L, self.n_kv, rep + 2, self.hd), [rep + 1, 1], axis=3)
-            qk = apply_rope(qk, cos.reshape(B, L, 1, 1, -1), sin.reshape(B, L, 1, 1, -1), self.rot)
-            q, k = ops.split(qk, [rep, 1], axis=3)
-            return q, k.reshape(B, L, self.n_kv, self.hd), v.reshape(B, L, self.n_kv, self.hd)
-        q = apply_rope(self.wq(x).reshape(B, L, self.n_heads, self.hd), cos, sin, self.rot)
-        k = apply_rope(self.wk(x).reshape(B, L, self.n_kv, self.hd), cos, sin, self.rot)
-        return q.reshape(B, L, self.n_kv, rep, self.hd), k, self.wv(x).reshape(B, L, self.n_kv, self.hd)
+        self.core = CachedAttention(self.n_heads, self.n_kv, self.hd, cfg.softmax_compute_type, cfg.compute_dtype)
 
     def construct(self, x, cos, sin, mask, cache, start):
-        q, k, v = self._qkv(x, cos, sin)
-        return self.wo(self.core(q, k, v, mask, cache, start))
+        B, L, _ = x.shape
+        if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
+            rep = self.n_heads // self.n_kv
+            q, k, v = ops.split(self.w_qkv(x).reshape(B, L, self.n_kv, rep + 2, self.hd), [rep, 1, 1], axis=3)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        kv = (B, L, self.n_kv, self.hd)
+        return self.wo(self.core(q, k.reshape(kv), v.reshape(kv), cos, sin, mask, cache, start))
 
 
 class LlamaFeedForward(nn.Cell):
@@ -70,14 +63,21 @@ class LlamaFeedForward(nn.Cell):
             self.w1 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
             self.w3 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
         self.w2 = Linear(full, cfg.hidden_size, split_axis=1, **lin)
+        self.act = decode_kernels.silu_mul() if cfg.compute_dtype == "float32" else None
+        self.act_pairs = decode_kernels.silu_mul_pairs() if cfg.compute_dtype == "float32" else None
 
     def construct(self, x):
         if self.fused:
+            gu = self.w_gate_hidden(x)
+            if self.act_pairs is not None and not self.training and gu.dtype == ms.float32:
+                return self.w2(self.act_pairs(gu))
             shape = x.shape[:-1] + (self.ffn,)
-            gate, up = ops.split(self.w_gate_hidden(x).reshape(shape + (2,)), 1, axis=-1)
+            gate, up = ops.split(gu.reshape(shape + (2,)), 1, axis=-1)
             gate, up = gate.reshape(shape), up.reshape(shape)
         else:
             gate, up = self.w1(x), self.w3(x)
+        if self.act is not None and not self.training and gate.dtype == ms.float32:
+            return self.w2(self.act(gate, up))
         return self.w2(ops.silu(gate) * up)
 
 

@@ -34,6 +34,7 @@ class StepSettings:
 class TrainStep:
     def __init__(self, model, optimizer, settings, data_parallel=1):
         self.model, self.optimizer, self.s = model, optimizer, settings
+        model.set_train(True)  # layers differentiate their plain-MindSpore path (the fused kernels have no bprop)
         self.loss_cell = CausalLMLoss(model)
         self.grad_fn = ms.value_and_grad(self._loss, None, optimizer.parameters)
         self.reduce = ops.AllReduce() if data_parallel > 1 else None

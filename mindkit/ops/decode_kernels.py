@@ -1,0 +1,41 @@
+"""The fused decode-step kernels of decode_kernels.cc as MindSpore ops, or None where they cannot run.
+
+A layer asks for a kernel when it is built and keeps its plain-MindSpore path for everything the kernel does not
+cover (other dtypes, prefill, other backends, ``MINDKIT_KERNELS=0``); both paths compute the same float32 math.
+"""
+import mindspore as ms
+
+from mindkit.ops.aot import custom_op, library
+
+SOURCE = "decode_kernels.cc"
+
+
+def _op(symbol, out_shape):
+    lib = library(SOURCE)
+    return None if lib is None else custom_op(lib, symbol, out_shape, lambda *dtypes: ms.float32)
+
+
+def rms_norm():
+    """(x (..., D), weight (D,), eps (1,)) -> (..., D)."""
+    return _op("RmsNorm", lambda x, w, eps: x)
+
+
+def silu_mul():
+    """(gate, up) -> silu(gate) * up."""
+    return _op("SiluMul", lambda gate, up: gate)
+
+
+def silu_mul_pairs():
+    """(gu (..., 2F) with gate and up interleaved) -> (..., F)."""
+    return _op("SiluMulPairs", lambda gu: list(gu[:-1]) + [gu[-1] // 2])
+
+
+def decode_attention():
+    """(q (B, H, hd), k (B, G, hd), v (B, G, hd), cos (B, hd), sin (B, hd), partner (hd,) int32, sign (hd,),
+    k_cache (B, G, S, hd), v_cache, mask (B, S), slot () int32) -> (B, H * hd); writes the caches at ``slot``."""
+    return _op("DecodeAttention", lambda q, *rest: [q[0], q[1] * q[2]])
+
+
+if __name__ == "__main__":
+    ms.set_device("CPU")
+    print(library(SOURCE) or "not built: plain MindSpore ops will be used")

@@ -1,0 +1,92 @@
+"""The fused decode kernels (mindkit/ops/decode_kernels.cc) against the plain-MindSpore layers they replace: the same
+logits at every prefill and greedy decode step and the same KV-cache contents, op by op and compiled,
+for Llama (separate and fused projections) and ChatGLM2 (interleaved RoPE on half of each head, MQA)."""
+import os
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from conftest import REPO, TINY_CONFIG
+from test_model_parity import randomize
+from mindkit.config import load_yaml
+from mindkit.generation.model_runner import ModelRunner
+from mindkit.models import ChatGLM2Config, ChatGLM2ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
+from mindkit.models.causal_lm import CachedAttention
+from mindkit.models.layers import RMSNorm
+from mindkit.ops import aot, decode_kernels
+
+pytestmark = pytest.mark.skipif(aot.library(decode_kernels.SOURCE) is None, reason="kernels cannot be built here")
+GLM2_CONFIG = os.path.join(REPO, "configs", "tiny", "predict_tiny_glm2.yaml")
+PROMPTS = [[1, 5, 9, 30, 77, 120, 3, 44], [0, 0, 0, 7, 7, 200, 13, 2]]   # the second row left-padded
+
+
+def build(kind, kernels, **changes):
+    """A seeded random tiny model; ``kernels`` False builds it as MINDKIT_KERNELS=0 does."""
+    os.environ["MINDKIT_KERNELS"] = "1" if kernels else "0"
+    aot.library.cache_clear()
+    try:
+        if kind == "glm2":
+            cfg = ChatGLM2Config.from_dict({**load_yaml(GLM2_CONFIG)["model"]["model_config"], **changes})
+            model = ChatGLM2ForConditionalGeneration(cfg)
+        else:
+            cfg = LlamaConfig.from_dict({**load_yaml(TINY_CONFIG)["model"]["model_config"], **changes})
+            model = LlamaForCausalLM(cfg)
+    finally:
+        del os.environ["MINDKIT_KERNELS"]
+        aot.library.cache_clear()
+    model.set_train(False)
+    return randomize(model, seed=3)
+
+
+def attention(model):
+    return next(cell for _, cell in model.cells_and_names() if isinstance(cell, CachedAttention))
+
+
+def steps(model, compiled, new_tokens=5):
+    """Logits of the prefill and of each greedy decode step (each step feeds its own argmax, so equal logits mean
+    equal greedy tokens), and the KV caches afterwards."""
+    runner = ModelRunner(model, compiled=compiled, prompt_bucket=8)
+    ids = np.asarray(PROMPTS, np.int32)
+    B, P = ids.shape
+    runner.begin(B, runner.slots_for(P + new_tokens))
+    valid = np.zeros((B, runner.cache.slots), np.bool_)
+    valid[:, :P] = ids != 0
+    positions = np.maximum(np.cumsum(valid[:, :P], 1) - 1, 0).astype(np.int32)
+    logits = [runner.prefill(ids, positions, valid)]
+    for t in range(new_tokens):
+        nxt = logits[-1].argmax(-1).astype(np.int32).reshape(B, 1)
+        valid[:, P + t] = True
+        positions = positions[:, -1:] + 1
+        logits.append(runner.decode(nxt, positions, valid, P + t))
+    caches = [np.stack([layer.k.asnumpy(), layer.v.asnumpy()]) for layer in runner.cache.layers]
+    return np.stack(logits), np.stack(caches)[..., :P + new_tokens, :]
+
+
+@pytest.mark.parametrize("kind,changes", [("llama", {"qkv_concat": False}), ("llama", {"qkv_concat": True}),
+                                          ("glm2", {})])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_kernels_equal_plain_ops(kind, changes, compiled):
+    fused, plain = build(kind, True, **changes), build(kind, False, **changes)
+    assert attention(fused).fused is not None and attention(plain).fused is None
+    (got, got_cache), (want, want_cache) = steps(fused, compiled), steps(plain, compiled)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(got_cache, want_cache, rtol=1e-5, atol=1e-5 * np.abs(want_cache).max())
+
+
+def test_rms_norm_kernel_and_training_path():
+    rng = np.random.default_rng(0)
+    norm = RMSNorm(48, eps=1e-6)
+    assert norm.fused is not None
+    norm.weight.set_data(ms.Tensor(rng.standard_normal(48).astype(np.float32)))
+    x = ms.Tensor(rng.standard_normal((3, 5, 48)).astype(np.float32) * 4)
+    norm.set_train(False)
+    fused = norm(x).asnumpy()
+    norm.set_train(True)                       # the plain path, which has a gradient
+    plain = norm(x).asnumpy()
+    xn = x.asnumpy()
+    want = xn / np.sqrt((xn ** 2).mean(-1, keepdims=True) + 1e-6) * norm.weight.asnumpy()
+    np.testing.assert_allclose(fused, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-5)
+    grad = ms.grad(lambda t: norm(t).sum())(x)
+    assert grad.shape == x.shape and np.isfinite(grad.asnumpy()).all()
