@@ -90,3 +90,18 @@ def test_rms_norm_kernel_and_training_path():
     np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-5)
     grad = ms.grad(lambda t: norm(t).sum())(x)
     assert grad.shape == x.shape and np.isfinite(grad.asnumpy()).all()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_few_rows_matmul_kernel(jit):
+    """Odd shapes: rows past the 2-row blocks, weight rows past the 8/4-row blocks, K past the 8-wide vectors."""
+    rng = np.random.default_rng(1)
+    kernel = decode_kernels.matmul_t()
+
+    def run(x, w):
+        return kernel(x, w)
+    run = ms.jit(run) if jit else run
+    for m, n, k in [(1, 200, 64), (1, 13, 29), (2, 131, 77), (3, 70, 576), (8, 1030, 40), (16, 5, 3)]:
+        x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+        got = run(ms.Tensor(x), ms.Tensor(w)).asnumpy()
+        np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))

@@ -62,6 +62,22 @@ def int8_params(shape):
             Parameter(initializer("ones", shape[:1], ms.float32), requires_grad=False))
 
 
+FEW_ROWS = 16  # up to this many rows (a decode step's batch) x @ W^T runs on mindkit's threaded kernel
+
+
+def few_rows_matmul(param_init_type, compute_dtype):
+    """The decode-step x @ W^T kernel (mindkit.ops.decode_kernels) for float32 weights, else None."""
+    return decode_kernels.matmul_t() if param_init_type == compute_dtype == "float32" else None
+
+
+def matmul_t(matmul, few_rows, x, w, training):
+    """x (M, K) @ w (N, K)^T: MindSpore's MatMul, or ``few_rows`` (see few_rows_matmul) for the few float32 rows of
+    a decode step out of training (bound by reading the weights, which it streams once on all cores)."""
+    if few_rows is not None and not training and x.shape[0] <= FEW_ROWS and x.dtype == ms.float32:
+        return few_rows(x, w)
+    return matmul(x, w)
+
+
 class Linear(nn.Cell, ParallelLayout):
     """y = x @ W^T (+ b) with W stored (out, in) as MindFormers does. ``split_axis`` 0: column-parallel (each rank
     computes out/tp outputs; with ``gather_output`` they are all-gathered, so every rank gets all ``out``); 1:
@@ -91,6 +107,7 @@ class Linear(nn.Cell, ParallelLayout):
                                                 ms_dtype(param_init_type)), name="weight")
         self.compute_dtype = ms_dtype(compute_dtype)
         self.matmul = ops.MatMul(transpose_b=True)
+        self.few_rows_matmul = few_rows_matmul(param_init_type, compute_dtype)
         self.reduce = tp.all_reduce() if split_axis == 1 else None
 
     def param_split_axes(self):
@@ -102,7 +119,8 @@ class Linear(nn.Cell, ParallelLayout):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         if self.quant is None:
-            y = self.matmul(cast(x, self.compute_dtype), cast(self.weight, self.compute_dtype))
+            y = matmul_t(self.matmul, self.few_rows_matmul, cast(x, self.compute_dtype),
+                         cast(self.weight, self.compute_dtype), self.training)
         else:
             y = cast(self.qmatmul(x, self.weight, self.weight_scale), self.compute_dtype)
         if self.reduce is not None:

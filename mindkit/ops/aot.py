@@ -17,7 +17,7 @@ from mindspore import ops
 
 logger = logging.getLogger("mindkit")
 HERE = os.path.dirname(os.path.abspath(__file__))
-BASE_FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")
+BASE_FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC", "-pthread")
 VECTOR_ISA = ("avx2", "fma")
 
 
@@ -42,8 +42,11 @@ def library(source, requires=()):
     path = os.path.join(HERE, source)
     flags = list(BASE_FLAGS) + [f"-m{flag}" for flag in dict.fromkeys(VECTOR_ISA + tuple(requires))
                                     if flag in cpu_flags()]
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read() + " ".join(flags).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for name in [source] + sorted(n for n in os.listdir(HERE) if n.endswith(".h")):  # the headers it may include
+        with open(os.path.join(HERE, name), "rb") as f:
+            digest.update(f.read())
+    digest = digest.hexdigest()[:16]
     cache = os.environ.get("MINDKIT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mindkit")
     lib = os.path.join(cache, f"{os.path.splitext(source)[0]}_{digest}.so")
     if os.path.exists(lib):

@@ -8,6 +8,11 @@
 #include <cstring>
 #include <vector>
 
+#include "thread_pool.h"
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 inline float dot(const float *a, const float *b, int64_t n) {
@@ -32,7 +37,90 @@ inline void rope(const float *x, const float *cos, const float *sin, const int32
   for (int64_t d = 0; d < hd; ++d) out[d] = x[d] * cos[d] + sign[d] * x[partner[d]] * sin[d];
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// y[m, n0:n0+4] for rows m, m+1 of x against 4 rows of w: each w load feeds two FMAs, each x load four.
+inline void block_2x4(const float *x0, const float *x1, const float *w, int64_t K, float *y0, float *y1) {
+  __m256 a[8];
+  for (auto &r : a) r = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 u = _mm256_loadu_ps(x0 + k), v = _mm256_loadu_ps(x1 + k);
+    for (int r = 0; r < 4; ++r) {
+      const __m256 wr = _mm256_loadu_ps(w + r * K + k);
+      a[r] = _mm256_fmadd_ps(wr, u, a[r]);
+      a[4 + r] = _mm256_fmadd_ps(wr, v, a[4 + r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    float s0 = hsum(a[r]), s1 = hsum(a[4 + r]);
+    for (int64_t j = k; j < K; ++j) s0 += x0[j] * w[r * K + j], s1 += x1[j] * w[r * K + j];
+    y0[r] = s0, y1[r] = s1;
+  }
+}
+
+template <int R>
+inline void block_1xR(const float *x, const float *w, int64_t K, float *y) {
+  __m256 a[R];
+  for (auto &r : a) r = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 u = _mm256_loadu_ps(x + k);
+    for (int r = 0; r < R; ++r) a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w + r * K + k), u, a[r]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(a[r]);
+    for (int64_t j = k; j < K; ++j) s += x[j] * w[r * K + j];
+    y[r] = s;
+  }
+}
+#endif
+
+struct MatMulArgs {
+  const float *x, *w;
+  float *y;
+  int64_t M, N, K;
+};
+
+// Rows [n0, n1) of w against every row of x: each 4-row panel of w is read from memory once and reused from
+// cache by all M rows, so small-M products cost one pass over the weights.
+void matmul_rows(const void *ctx, int64_t n0, int64_t n1) {
+  const auto &a = *static_cast<const MatMulArgs *>(ctx);
+  int64_t n = n0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if (a.M == 1)  // eight weight rows in flight: more memory streams for the prefetcher
+    for (; n + 8 <= n1; n += 8) block_1xR<8>(a.x, a.w + n * a.K, a.K, a.y + n);
+  for (; n + 4 <= n1; n += 4) {
+    const float *w = a.w + n * a.K;
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2)
+      block_2x4(a.x + m * a.K, a.x + (m + 1) * a.K, w, a.K, a.y + m * a.N + n, a.y + (m + 1) * a.N + n);
+    if (m < a.M) block_1xR<4>(a.x + m * a.K, w, a.K, a.y + m * a.N + n);
+  }
+#endif
+  for (; n < n1; ++n)
+    for (int64_t m = 0; m < a.M; ++m) a.y[m * a.N + n] = dot(a.x + m * a.K, a.w + n * a.K, a.K);
+}
+
 }  // namespace
+
+// MatMulT(x (M, K), w (N, K)) -> x @ w^T (M, N), for the small M of decode steps (weights stored (out, in)).
+extern "C" int MatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                       void *extra) {
+  if (nparam != 3 || ndims[0] != 2 || ndims[1] != 2 || !is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 1;
+  const MatMulArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                     static_cast<float *>(params[2]), shapes[0][0], shapes[1][0], shapes[0][1]};
+  if (shapes[1][1] != a.K) return 2;
+  // chunks of 64 weight rows (~150 KB at K = 576): enough of them to balance two threads on a busy machine
+  mindkit::ThreadPool::get().run(matmul_rows, &a, a.N, 64);
+  return 0;
+}
 
 // RmsNorm(x (..., D), weight (D,), eps (1,)) -> x / sqrt(mean(x^2) + eps) * weight
 extern "C" int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,

@@ -15,6 +15,11 @@ def _op(symbol, out_shape):
     return None if lib is None else custom_op(lib, symbol, out_shape, lambda *dtypes: ms.float32)
 
 
+def matmul_t():
+    """(x (M, K), w (N, K)) -> x @ w^T (M, N), threaded over N; for the few rows of a decode step."""
+    return _op("MatMulT", lambda x, w: [x[0], w[0]])
+
+
 def rms_norm():
     """(x (..., D), weight (D,), eps (1,)) -> (..., D)."""
     return _op("RmsNorm", lambda x, w, eps: x)
