@@ -62,20 +62,25 @@ def int8_params(shape):
             Parameter(initializer("ones", shape[:1], ms.float32), requires_grad=False))
 
 
-FEW_ROWS = 16  # up to this many rows (a decode step's batch) x @ W^T runs on mindkit's threaded kernel
+FEW_ROWS = 16  # a decode step's rows (its batch): what mindkit.ops.decode_kernels are for
+
+
+def decode_kernel(kernel, training, x):
+    """Whether ``kernel`` (a mindkit.ops.decode_kernels op, or None where it cannot run) takes ``x``: float32, at
+    most FEW_ROWS rows (a prefill's many rows are faster on MindSpore's own multi-threaded ops) and out of training
+    (the kernels have no gradient)."""
+    return kernel is not None and not training and x.dtype == ms.float32 and x.size // x.shape[-1] <= FEW_ROWS
 
 
 def few_rows_matmul(param_init_type, compute_dtype):
-    """The decode-step x @ W^T kernel (mindkit.ops.decode_kernels) for float32 weights, else None."""
+    """The decode-step x @ W^T kernel for float32 weights, else None."""
     return decode_kernels.matmul_t() if param_init_type == compute_dtype == "float32" else None
 
 
 def matmul_t(matmul, few_rows, x, w, training):
-    """x (M, K) @ w (N, K)^T: MindSpore's MatMul, or ``few_rows`` (see few_rows_matmul) for the few float32 rows of
-    a decode step out of training (bound by reading the weights, which it streams once on all cores)."""
-    if few_rows is not None and not training and x.shape[0] <= FEW_ROWS and x.dtype == ms.float32:
-        return few_rows(x, w)
-    return matmul(x, w)
+    """x (M, K) @ w (N, K)^T: ``few_rows`` (see few_rows_matmul) for a decode step, bound by reading the weights,
+    which it streams once on all cores; else MindSpore's MatMul."""
+    return few_rows(x, w) if decode_kernel(few_rows, training, x) else matmul(x, w)
 
 
 class Linear(nn.Cell, ParallelLayout):
@@ -172,8 +177,7 @@ class Embedding(nn.Cell, ParallelLayout):
 
 
 class RMSNorm(nn.Cell, ParallelLayout):
-    """x / sqrt(mean(x^2) + eps) * weight; one fused kernel (mindkit.ops.decode_kernels) when all is float32
-    and the cell is not training (the kernel has no gradient)."""
+    """x / sqrt(mean(x^2) + eps) * weight; one fused kernel in a float32 decode step (see decode_kernel)."""
 
     def __init__(self, dim, eps=1e-5, param_init_type="float32", compute_type="float32"):
         super().__init__()
@@ -185,7 +189,7 @@ class RMSNorm(nn.Cell, ParallelLayout):
         self.eps_tensor = Tensor([eps], ms.float32)
 
     def construct(self, x):
-        if self.fused is not None and not self.training and x.dtype == ms.float32:
+        if decode_kernel(self.fused, self.training, x):
             return self.fused(x, self.weight, self.eps_tensor)
         dtype = x.dtype
         x = cast(x, self.compute_type)

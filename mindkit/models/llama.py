@@ -4,12 +4,11 @@ Shapes: B batch, L new tokens this call, S KV-cache slots. Prompts are left-padd
 cache slots; ``positions`` (B, L) are each row's RoPE positions and ``key_valid`` (B, S) marks real (non-pad)
 cache slots, so padding never changes a row's result.
 """
-import mindspore as ms
 from mindspore import nn, ops
 
 from mindkit.checkpoint.fused import match_layout
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
-from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, ms_dtype, rope_tables
+from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, decode_kernel, ms_dtype, rope_tables
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
@@ -69,14 +68,14 @@ class LlamaFeedForward(nn.Cell):
     def construct(self, x):
         if self.fused:
             gu = self.w_gate_hidden(x)
-            if self.act_pairs is not None and not self.training and gu.dtype == ms.float32:
+            if decode_kernel(self.act_pairs, self.training, gu):
                 return self.w2(self.act_pairs(gu))
             shape = x.shape[:-1] + (self.ffn,)
             gate, up = ops.split(gu.reshape(shape + (2,)), 1, axis=-1)
             gate, up = gate.reshape(shape), up.reshape(shape)
         else:
             gate, up = self.w1(x), self.w3(x)
-        if self.act is not None and not self.training and gate.dtype == ms.float32:
+        if decode_kernel(self.act, self.training, gate):
             return self.w2(self.act(gate, up))
         return self.w2(ops.silu(gate) * up)
 
