@@ -3,10 +3,11 @@
 For each model × batch × prompt length: prefill tokens/s, time to first token, per-token decode latency, decode
 tokens/s, batch throughput (generated tokens × batch / total time), peak RSS, and the memory bandwidth the decode
 step achieves (weights + KV cache read per step / step time) as a fraction of the bandwidth measured here first.
-The HF reference (optional extra: pip install -r requirements-bench.txt) runs in a child process so its RSS and
-threads are its own. ``--quant-weight int8`` also runs each model with weight-only int8 weights (impl
-``mindkit-int8``): its speed, its checkpoint size against the float one, and its greedy tokens against the float
-model's, on the benchmark prompts and (real model) on reference chat prompts. Prints a table, then one JSON line.
+Each implementation runs in a child process of its own (peak RSS, threads and compiled graphs its own): the HF
+reference (optional extra: pip install -r requirements-bench.txt), mindkit, and with ``--quant-weight int8``
+mindkit with weight-only int8 weights (impl ``mindkit-int8``): its speed, its checkpoint size against the float
+one, and its greedy tokens against the float model's, on the benchmark prompts and (real model) on reference chat
+prompts. ``MINDKIT_KERNELS=0`` runs mindkit on plain MindSpore ops, without its decode kernels. Prints a table, then one JSON line.
 
     python benchmarks/bench_decode.py --quick
     python benchmarks/bench_decode.py --models real --batch 1 4 8 16 --prompt 32 128 512
@@ -116,7 +117,9 @@ def agreement(a, b):
     return a == b, n
 
 
-def run_mindkit(args, bandwidth):
+def run_mindkit(args, bandwidth, quant):
+    """mindkit's rows with ``quant`` weights (None: float), and the real model's greedy answers to
+    REFERENCE_PROMPTS when int8 is being compared."""
     import mindspore as ms
     ms.set_device("CPU")
     if args.mode == 1:
@@ -130,43 +133,39 @@ def run_mindkit(args, bandwidth):
     from mindkit.models import LlamaConfig, LlamaForCausalLM
     from mindkit.models.layers import no_random_init
     rows, tokens, references = [], {}, {}
+    impl = "mindkit" if quant is None else f"mindkit-{quant}"
     for name in args.models:
-        float_state = None
-        for quant in [None] + ([args.quant_weight] if args.quant_weight else []):
-            impl = "mindkit" if quant is None else f"mindkit-{quant}"
-            cfg = LlamaConfig.from_dict(dict(model_config(name, args.dtype, args.qkv_concat), quant_weight=quant))
-            with no_random_init():
-                model = LlamaForCausalLM(cfg)
-            float_state = float_state or model_state(name, cfg.to_dict())
-            state = match_layout(float_state, {p.name: p.shape for p in model.get_parameters()}, cfg.kv_heads)
-            if quant:
-                state = quantize_state(state, {p.name for p in model.get_parameters() if p.dtype == ms.int8})
-            for p in model.get_parameters():
-                p.set_data(ms.Tensor(state[p.name], dtype=p.dtype))
-            extra = {"checkpoint_mb": checkpoint_mb({p.name: state[p.name] for p in model.get_parameters()})}
-            weight_bytes = sum(p.size * p.itemsize for p in model.get_parameters())
-            kv_bytes = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * ms.Tensor([], ms_dtype(args.dtype)).itemsize
-            runner = ModelRunner(model, compiled=args.mode == 0, max_buckets=64)
-            for b in args.batch:
-                for plen in args.prompt:
-                    prompts = prompts_for(b, plen, cfg.vocab_size)
-                    kw = dict(max_new_tokens=args.new_tokens, eos_token_id=(), runner=runner)
-                    known = set(runner.compile_seconds)
-                    t0 = time.perf_counter()
-                    generate(model, prompts, **kw)                      # compiles this shape (mode 0)
-                    warm = time.perf_counter() - t0
-                    compile_s = sum(v for k, v in runner.compile_seconds.items() if k not in known)
-                    out = generate(model, prompts, **kw)
-                    key = f"{name}/{b}/{plen}"
-                    row_extra = dict(extra, first_call_s=warm, compile_s=compile_s)
-                    if quant:
-                        row_extra["same_greedy_tokens_as_float"] = out.new_tokens == tokens[f"mindkit/{key}"]
-                    rows.append(row(impl, name, b, plen, args.new_tokens, out.time_to_first_token, out.total_time,
-                                    out.decode_steps, weight_bytes, kv_bytes, bandwidth, row_extra))
-                    tokens[f"{impl}/{key}"] = out.new_tokens
-                    print(format_row(rows[-1]), file=sys.stderr, flush=True)
-            if args.quant_weight and name == "real":
-                references[impl] = reference_tokens(model, runner, args.reference_tokens)
+        cfg = LlamaConfig.from_dict(dict(model_config(name, args.dtype, args.qkv_concat), quant_weight=quant))
+        with no_random_init():
+            model = LlamaForCausalLM(cfg)
+        model.set_train(False)
+        state = match_layout(model_state(name, cfg.to_dict()), {p.name: p.shape for p in model.get_parameters()},
+                             cfg.kv_heads)
+        if quant:
+            state = quantize_state(state, {p.name for p in model.get_parameters() if p.dtype == ms.int8})
+        for p in model.get_parameters():
+            p.set_data(ms.Tensor(state[p.name], dtype=p.dtype))
+        extra = {"checkpoint_mb": checkpoint_mb({p.name: state[p.name] for p in model.get_parameters()})}
+        weight_bytes = sum(p.size * p.itemsize for p in model.get_parameters())
+        kv_bytes = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * ms.Tensor([], ms_dtype(args.dtype)).itemsize
+        runner = ModelRunner(model, compiled=args.mode == 0, max_buckets=64)
+        for b in args.batch:
+            for plen in args.prompt:
+                prompts = prompts_for(b, plen, cfg.vocab_size)
+                kw = dict(max_new_tokens=args.new_tokens, eos_token_id=(), runner=runner)
+                known = set(runner.compile_seconds)
+                t0 = time.perf_counter()
+                generate(model, prompts, **kw)                      # compiles this shape (mode 0)
+                warm = time.perf_counter() - t0
+                compile_s = sum(v for k, v in runner.compile_seconds.items() if k not in known)
+                out = generate(model, prompts, **kw)
+                rows.append(row(impl, name, b, plen, args.new_tokens, out.time_to_first_token, out.total_time,
+                                out.decode_steps, weight_bytes, kv_bytes, bandwidth,
+                                dict(extra, first_call_s=warm, compile_s=compile_s)))
+                tokens[f"{name}/{b}/{plen}"] = out.new_tokens
+                print(format_row(rows[-1]), file=sys.stderr, flush=True)
+        if args.quant_weight and name == "real":
+            references = reference_tokens(model, runner, args.reference_tokens)
     return rows, tokens, references
 
 
@@ -242,30 +241,32 @@ def main():
     p.add_argument("--reference-tokens", type=int, default=32, help="new tokens per reference prompt (int8 check)")
     p.add_argument("--hf", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--quick", action="store_true", help="real model, batch 1 and 8, prompt 32 and 128")
-    p.add_argument("--_child", choices=["hf"], help=argparse.SUPPRESS)
+    p.add_argument("--_child", choices=["hf", "mindkit", "mindkit-int8"], help=argparse.SUPPRESS)
     p.add_argument("--_bandwidth", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.models, args.batch, args.prompt = ["real"], [1, 8], [32, 128]
-    if args._child == "hf":
-        rows, tokens = run_hf(args, args._bandwidth)
-        print(json.dumps({"rows": rows, "tokens": tokens}))
+    if args._child:
+        quant = None if args._child in ("hf", "mindkit") else args._child.split("-")[1]
+        rows, tokens, *references = (run_hf(args, args._bandwidth) if args._child == "hf"
+                                     else run_mindkit(args, args._bandwidth, quant))
+        print(json.dumps({"rows": rows, "tokens": tokens, "references": (references or [{}])[0]}))
         return
 
     bandwidth = measure_bandwidth()
     print(f"machine read bandwidth: {bandwidth:.1f} GB/s", file=sys.stderr)
-    hf_rows, hf_tokens = [], {}
-    want_hf = args.hf == "on" or (args.hf == "auto" and _has_hf())
-    if want_hf:
-        child = [sys.executable, os.path.abspath(__file__), "--_child", "hf", "--_bandwidth", str(bandwidth),
-                 "--models", *args.models, "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
-                 "--new-tokens", str(args.new_tokens)]
-        proc = subprocess.run(child, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit("HF reference failed:\n" + proc.stderr[-3000:])
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        hf_rows, hf_tokens = result["rows"], result["tokens"]
-    rows, tokens, references = run_mindkit(args, bandwidth)
+    impls = ["hf"] if args.hf == "on" or (args.hf == "auto" and _has_hf()) else []
+    impls += ["mindkit"] + ([f"mindkit-{args.quant_weight}"] if args.quant_weight else [])
+    results = {impl: run_child(args, impl, bandwidth) for impl in impls}
+    hf = results.pop("hf", {})
+    hf_rows, hf_tokens = hf.get("rows", []), hf.get("tokens", {})
+    rows = [r for result in results.values() for r in result["rows"]]
+    tokens = {f"{impl}/{key}": t for impl, result in results.items() for key, t in result["tokens"].items()}
+    references = {impl: result["references"] for impl, result in results.items() if result["references"]}
+    for r in rows:
+        if r["impl"] != "mindkit":
+            key = f"{r['model']}/{r['batch']}/{r['prompt']}"
+            r["same_greedy_tokens_as_float"] = tokens[f"{r['impl']}/{key}"] == tokens.get(f"mindkit/{key}")
     hf_by_key = {(r["model"], r["batch"], r["prompt"]): r for r in hf_rows}
     print(HEADER + ("  vs HF  same tokens" if hf_rows else ""))
     for r in hf_rows + rows:
@@ -293,6 +294,21 @@ def main():
     print(json.dumps({"benchmark": "decode", "mode": args.mode, "dtype": args.dtype, "qkv_concat": args.qkv_concat,
                       "graph_kernel": args.graph_kernel, "quant_weight": args.quant_weight,
                       "reference_agreement": summary, "bandwidth_gb_s": bandwidth, "rows": hf_rows + rows}))
+
+
+def run_child(args, impl, bandwidth):
+    """One implementation's rows from a child process of its own, so its peak RSS, threads and compiled graphs are
+    its own."""
+    child = [sys.executable, os.path.abspath(__file__), "--_child", impl, "--_bandwidth", str(bandwidth),
+             "--models", *args.models, "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
+             "--new-tokens", str(args.new_tokens), "--mode", str(args.mode), "--dtype", args.dtype,
+             "--reference-tokens", str(args.reference_tokens)]
+    child += ["--qkv-concat"] * args.qkv_concat + ["--graph-kernel"] * args.graph_kernel
+    child += ["--quant-weight", args.quant_weight] if args.quant_weight else []
+    proc = subprocess.run(child, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{impl} run failed (its stderr is above)")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _has_hf():
