@@ -7,7 +7,8 @@ Each implementation runs in a child process of its own (peak RSS, threads and co
 reference (optional extra: pip install -r requirements-bench.txt), mindkit, and with ``--quant-weight int8``
 mindkit with weight-only int8 weights (impl ``mindkit-int8``): its speed, its checkpoint size against the float
 one, and its greedy tokens against the float model's, on the benchmark prompts and (real model) on reference chat
-prompts. ``MINDKIT_KERNELS=0`` runs mindkit on plain MindSpore ops, without its decode kernels. Prints a table, then one JSON line.
+prompts. ``MINDKIT_KERNELS=0`` runs mindkit on plain MindSpore ops, without its decode kernels. Prints a table,
+then one JSON line.
 
     python benchmarks/bench_decode.py --quick
     python benchmarks/bench_decode.py --models real --batch 1 4 8 16 --prompt 32 128 512

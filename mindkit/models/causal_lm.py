@@ -14,8 +14,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindkit.generation.mixin import GenerationMixin
-from mindkit.models.layers import (apply_rope, cast, few_rows_matmul, matmul_t, ms_dtype, rope_at, rope_partners,
-                                   rotate_half_matrix)
+from mindkit.models.layers import (apply_rope, cast, decode_kernel, few_rows_matmul, matmul_t, ms_dtype, rope_at,
+                                   rope_partners, rotate_half_matrix)
 from mindkit.ops import decode_kernels
 from mindkit.ops.int8_matmul import Int8MatMul
 from mindkit.parallel.pipeline import PipelineStage
@@ -53,8 +53,7 @@ class CachedAttention(nn.Cell):
     consecutive equal groups per KV head. ``kv_of_head`` (the KV head each query head reads) is for heads that do not
     fall into equal groups (a tensor-parallel rank whose heads straddle KV groups): then K/V are expanded per head
     after the cache, which still holds each KV head once. ``rotary_dim``/``interleaved``: see layers.rope_partners.
-    A one-token float32 step out of training runs as one fused kernel (mindkit.ops.decode_kernels) where it
-    is available."""
+    A decode step (one token per row, see layers.decode_kernel) runs as one fused kernel."""
 
     def __init__(self, n_heads, n_kv, head_dim, softmax_dtype, compute_dtype, kv_of_head=None, rotary_dim=None,
                  interleaved=False):
@@ -76,7 +75,7 @@ class CachedAttention(nn.Cell):
         """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
         RoPE. Returns (B, L, n_heads * hd)."""
         B, L = q.shape[0], q.shape[1]
-        if self.fused is not None and not self.training and L == 1 and q.dtype == ms.float32 and cache.k.dtype == ms.float32:
+        if L == 1 and decode_kernel(self.fused, self.training, q) and cache.k.dtype == ms.float32:
             slot = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
             out = self.fused(q.reshape(B, self.n_heads, self.hd), k.reshape(B, self.n_kv, self.hd),
                              v.reshape(B, self.n_kv, self.hd), cos.reshape(B, -1), sin.reshape(B, -1), self.partner,
