@@ -26,6 +26,8 @@ def run(args, tp_size, threads):
     import mindspore as ms
     ms.set_device("CPU")
     ms.set_context(runtime_num_threads=threads)
+    from mindkit.ops.aot import set_threads
+    set_threads(threads)
     if args.mode == 1:
         ms.runtime.launch_blocking()
     from mindspore import Tensor, communication, ops

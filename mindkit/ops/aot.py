@@ -69,5 +69,10 @@ def library(source, requires=()):
     return lib
 
 
+def set_threads(n):
+    """Threads of the kernels' pool (thread_pool.h) in this process; effective before the first kernel runs."""
+    os.environ["MINDKIT_KERNEL_THREADS"] = str(max(1, int(n)))
+
+
 def custom_op(lib, symbol, out_shape, out_dtype):
     return ops.Custom(f"{lib}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")

@@ -9,6 +9,7 @@ from mindkit.checkpoint import load_weights
 from mindkit.errors import ConfigError
 from mindkit.config.sections import ParallelConfig
 from mindkit.models.layers import no_random_init
+from mindkit.ops.aot import set_threads as set_kernel_threads
 from mindkit.parallel.mesh import Mesh
 from mindkit.parallel.pipeline import PipelineStage, stage_layer_counts
 from mindkit.parallel.tensor_parallel import TPGroup
@@ -48,6 +49,9 @@ def setup_context(config, seed=True):
                           hint=str(e).splitlines()[0][:160]) from None
     if ctx.runtime_num_threads:
         ms.set_context(runtime_num_threads=ctx.runtime_num_threads)
+    # mindkit's kernels (mindkit.ops) use as many threads; ranks sharing a machine under msrun share its cores
+    cores, ranks = os.cpu_count() or 1, max(1, int(os.environ.get("MS_WORKER_NUM", "1")))
+    set_kernel_threads(ctx.runtime_num_threads or cores // min(ranks, cores))
     if ctx.enable_graph_kernel:  # fuses element-wise kernels of compiled (mode 0) graphs
         ms.set_context(enable_graph_kernel=True, **({"graph_kernel_flags": ctx.graph_kernel_flags}
                                                     if ctx.graph_kernel_flags else {}))
