@@ -157,7 +157,7 @@ class CausalLM(nn.Cell, GenerationMixin):
         raise NotImplementedError
 
     def head_scale(self):
-        """The int8 head's per-row scale (quant_weight: int8 only)."""
+        """The int8 head's (scale, offset) per group (quant_weight: int8 only)."""
         raise NotImplementedError
 
     def adapt_checkpoint(self, state, expected, local):
@@ -180,7 +180,7 @@ class CausalLM(nn.Cell, GenerationMixin):
         if self.holds_head:
             h = cast(h.reshape(B * L, H), self.compute_dtype)
             if self.head_qmatmul is not None:
-                logits = self.head_qmatmul(h, self.head_weight(), self.head_scale())
+                logits = self.head_qmatmul(h, self.head_weight(), *self.head_scale())
             else:
                 logits = cast(self.head_matmul(h, cast(self.head_weight(), self.compute_dtype)), ms.float32)
             if self.gather is not None:  # (tp * B * L, V / tp) -> (B * L, V)
