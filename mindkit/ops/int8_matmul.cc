@@ -2,14 +2,19 @@
 // with a float32 scale and offset per group of g consecutive inputs (g = K / scale.shape[1], a multiple of 8), for
 // MindSpore's Custom "aot" op. Weight-only int8 decode is bound by reading the weights; MindSpore's CPU MatMul has no
 // int8 x float form, so without this kernel every step would first cast the whole int8 weight to float. Built by
-// mindkit/ops/int8_matmul.py with -mavx2 -mfma.
+// mindkit/ops/int8_matmul.py with -mavx2 -mfma -std=c++20.
 //
-// M == 1: four weight rows at a time are converted in registers; per group, sum(x * w) is scaled once, and the
-// offsets add offset[n, :] . xsum (x summed per group), so the offset costs no work per weight. M > 1: four rows are
-// dequantized into an L1 buffer once and swept by two rows of x at a time, so the conversion is shared by all M rows.
+// M == 1: four weight rows at a time are converted in registers; per group, sum(x * q) is scaled once, and the offsets
+// add offset[n, :] . xsum (x summed per group), so an offset costs no work per weight. 1 < M <= 4: two rows are
+// dequantized in registers and used by every row of x. M > 4: four rows are dequantized into an L1 buffer once and
+// swept by three rows of x at a time. All prefetch the weight rows two blocks ahead: streaming them from memory bounds
+// decode, and the hardware prefetcher alone left the M == 1 path 1.7x slower here.
+//
 // Single-threaded on purpose: with OpenMP, a decode step (~200 calls) ran 1.7x slower than fp32 here whenever another
 // process held a core (each call's barrier waits for a descheduled thread).
 #include <immintrin.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -35,6 +40,8 @@ inline __m256 load8(const int8_t *p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p))));
 }
 
+inline void prefetch(const int8_t *p) { _mm_prefetch(reinterpret_cast<const char *>(p), _MM_HINT_T0); }
+
 inline float dot(const float *a, const float *b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
@@ -44,7 +51,7 @@ inline float dot(const float *a, const float *b, int64_t n) {
   return t;
 }
 
-// M == 1: outputs n .. n + R.
+// M == 1: outputs n .. n + R; rows two blocks ahead are prefetched.
 template <int R>
 void gemv(const Problem &p, const float *xsum, int64_t n) {
   const int64_t K = p.K, G = p.G, g = p.g;
@@ -53,6 +60,8 @@ void gemv(const Problem &p, const float *xsum, int64_t n) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t j = 0; j < G; ++j) {
+    if (j * g % 64 == 0)
+      for (int r = 0; r < R; ++r) prefetch(w + (r + 2 * R) * K + j * g);
     __m256 part[R];
     for (int r = 0; r < R; ++r) part[r] = _mm256_setzero_ps();
     for (int64_t k = j * g; k < (j + 1) * g; k += 8) {
@@ -64,15 +73,18 @@ void gemv(const Problem &p, const float *xsum, int64_t n) {
   for (int r = 0; r < R; ++r) p.y[n + r] = hsum(acc[r]) + dot(p.offset + (n + r) * G, xsum, G);
 }
 
-// M > 1: rows n .. n + R of W as float into wf (R * K), then every row of x against them, MR rows of x at a time.
+// M > 4: rows n .. n + R of W as float into wf (R * K), then every row of x against them, MR rows of x at a time.
 template <int R>
 void dequantize(const Problem &p, int64_t n, float *wf) {
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
+    const int8_t *w = p.w + (n + r) * p.K;
     for (int64_t j = 0; j < p.G; ++j) {
+      if (j * p.g % 64 == 0) prefetch(w + 2 * R * p.K + j * p.g);
       const __m256 s = _mm256_set1_ps(p.scale[(n + r) * p.G + j]), o = _mm256_set1_ps(p.offset[(n + r) * p.G + j]);
       for (int64_t k = j * p.g; k < (j + 1) * p.g; k += 8)
-        _mm256_storeu_ps(wf + r * p.K + k, _mm256_fmadd_ps(load8(p.w + (n + r) * p.K + k), s, o));
+        _mm256_storeu_ps(wf + r * p.K + k, _mm256_fmadd_ps(load8(w + k), s, o));
     }
+  }
 }
 
 template <int R, int MR>
@@ -84,39 +96,90 @@ void sweep(const Problem &p, const float *wf, int64_t n, int64_t m) {
     __m256 xv[MR];
     for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(p.x + (m + i) * p.K + k);
     for (int r = 0; r < R; ++r) {
-      const __m256 wv = _mm256_loadu_ps(wf + r * p.K + k);
+      __m256 wv = _mm256_loadu_ps(wf + r * p.K + k);
+      asm("" : "+x"(wv));  // one load, not one per x row
       for (int i = 0; i < MR; ++i) acc[i][r] = _mm256_fmadd_ps(wv, xv[i], acc[i][r]);
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < R; ++r) p.y[(m + i) * p.N + n + r] = hsum(acc[i][r]);
+  for (int i = 0; i < MR; ++i) {
+    float *y = p.y + (m + i) * p.N + n;
+    if (R == 4) {  // the four sums at once
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[i][0], acc[i][1]), _mm256_hadd_ps(acc[i][2], acc[i][3]));
+      _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    } else {
+      for (int r = 0; r < R; ++r) y[r] = hsum(acc[i][r]);
+    }
+  }
+}
+
+// 1 < M <= 4: rows n .. n + R of W dequantized in registers, each against all MR (= M) rows of x.
+template <int R, int MR>
+void small(const Problem &p, int64_t n) {
+  const int8_t *w = p.w + n * p.K;
+  __m256 acc[R][MR];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < MR; ++i) acc[r][i] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < p.G; ++j) {
+    if (j * p.g % 64 == 0)
+      for (int r = 0; r < R; ++r) prefetch(w + (r + 2 * R) * p.K + j * p.g);
+    __m256 s[R], o[R];
+    for (int r = 0; r < R; ++r) {
+      s[r] = _mm256_broadcast_ss(p.scale + (n + r) * p.G + j);
+      o[r] = _mm256_broadcast_ss(p.offset + (n + r) * p.G + j);
+    }
+    for (int64_t k = j * p.g; k < (j + 1) * p.g; k += 8) {
+      __m256 xv[MR];
+      for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(p.x + i * p.K + k);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = _mm256_fmadd_ps(load8(w + r * p.K + k), s[r], o[r]);
+        for (int i = 0; i < MR; ++i) acc[r][i] = _mm256_fmadd_ps(wv, xv[i], acc[r][i]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < MR; ++i) p.y[i * p.N + n + r] = hsum(acc[r][i]);
+}
+
+template <int MR>
+void small_columns(const Problem &p, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) small<2, MR>(p, n);
+  if (n < n1) small<1, MR>(p, n);
 }
 
 template <int R>
 void panel(const Problem &p, float *wf, int64_t n) {
   dequantize<R>(p, n, wf);
   int64_t m = 0;
-  for (; m + 2 <= p.M; m += 2) sweep<R, 2>(p, wf, n, m);
-  if (m < p.M) sweep<R, 1>(p, wf, n, m);
+  for (; m + 3 <= p.M; m += 3) sweep<R, 3>(p, wf, n, m);
+  if (p.M - m == 2) sweep<R, 2>(p, wf, n, m);
+  else if (p.M - m == 1) sweep<R, 1>(p, wf, n, m);
 }
 
-void matmul(const Problem &p) {
-  const int64_t full = p.N / 4 * 4;
+// Output columns [n0, n1) (n0 a multiple of 4) for every row of x.
+void columns(const Problem &p, int64_t n0, int64_t n1) {
+  const int64_t full = n0 + (n1 - n0) / 4 * 4;
   if (p.M == 1) {
-    std::vector<float> xsum(p.G);
+    thread_local std::vector<float> xsum;
+    xsum.resize(p.G);
     for (int64_t j = 0; j < p.G; ++j) {
       __m256 acc = _mm256_setzero_ps();
       for (int64_t k = j * p.g; k < (j + 1) * p.g; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(p.x + k));
       xsum[j] = hsum(acc);
     }
-    for (int64_t n = 0; n < full; n += 4) gemv<4>(p, xsum.data(), n);
-    for (int64_t n = full; n < p.N; ++n) gemv<1>(p, xsum.data(), n);
+    for (int64_t n = n0; n < full; n += 4) gemv<4>(p, xsum.data(), n);
+    for (int64_t n = full; n < n1; ++n) gemv<1>(p, xsum.data(), n);
+  } else if (p.M <= 4) {
+    (p.M == 2 ? small_columns<2> : p.M == 3 ? small_columns<3> : small_columns<4>)(p, n0, n1);
   } else {
-    std::vector<float> wf(4 * p.K);
-    for (int64_t n = 0; n < full; n += 4) panel<4>(p, wf.data(), n);
-    for (int64_t n = full; n < p.N; ++n) panel<1>(p, wf.data(), n);
+    thread_local std::vector<float> wf;
+    wf.resize(4 * p.K);
+    for (int64_t n = n0; n < full; n += 4) panel<4>(p, wf.data(), n);
+    for (int64_t n = full; n < n1; ++n) panel<1>(p, wf.data(), n);
   }
 }
+
+void matmul(const Problem &p) { columns(p, 0, p.N); }
 
 }  // namespace
 
@@ -126,8 +189,11 @@ extern "C" int Int8MatMul(int nparam, void **params, int *ndims, int64_t **shape
   if (std::strcmp(dtypes[0], "float32") || std::strcmp(dtypes[1], "int8") || std::strcmp(dtypes[2], "float32") ||
       std::strcmp(dtypes[3], "float32"))
     return 2;
-  Problem p{static_cast<const float *>(params[0]), static_cast<const int8_t *>(params[1]),
-            static_cast<const float *>(params[2]), static_cast<const float *>(params[3]), static_cast<float *>(params[4]),
+  Problem p{static_cast<const float *>(params[0]),
+            static_cast<const int8_t *>(params[1]),
+            static_cast<const float *>(params[2]),
+            static_cast<const float *>(params[3]),
+            static_cast<float *>(params[4]),
             shapes[0][0], shapes[1][0], shapes[0][1], shapes[2][1], 0};
   if (shapes[1][1] != p.K || shapes[2][0] != p.N || shapes[3][0] != p.N || shapes[3][1] != p.G) return 3;
   if (p.G <= 0 || p.K % p.G || (p.K / p.G) % 8) return 4;

@@ -21,7 +21,7 @@ from mindspore import nn, ops
 
 logger = logging.getLogger("mindkit")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int8_matmul.cc")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c++20", "-shared", "-fPIC"]
 SYMBOL = "Int8MatMul"
 
 
