@@ -4,10 +4,11 @@ mindkit.checkpoint.quantize), for weight-only int8 models.
 MindSpore's CPU MatMul has no int8-weight × float form: the plain path casts W to float every call, which reads and
 writes 5x the bytes of W and is slower than keeping W in float32. On an x86 CPU with AVX2 and FMA, a small C++ kernel
 (int8_matmul.cc, a Custom "aot" op, usable op by op and inside ``mindspore.jit``) reads W as int8 and converts it in
-registers. It is compiled with g++ on first use into ``$MINDKIT_CACHE_DIR`` (default ``~/.cache/mindkit``), keyed by
-a hash of source and flags; ``scripts/setup.sh`` can warm it with ``python3 -m mindkit.ops.int8_matmul``. Without
-g++, AVX2/FMA or a CPU target, or with ``MINDKIT_INT8_KERNEL=0``, the plain MindSpore path runs instead (same result
-up to float rounding).
+registers, sharing large calls with one helper thread (``MINDKIT_INT8_THREADS=1``: the calling thread only; the
+file's header says how a busy second core is kept from stalling calls). It is compiled with g++ on first use into
+``$MINDKIT_CACHE_DIR`` (default ``~/.cache/mindkit``), keyed by a hash of source and flags; ``scripts/setup.sh`` can
+warm it with ``python3 -m mindkit.ops.int8_matmul``. Without g++, AVX2/FMA or a CPU target, or with
+``MINDKIT_INT8_KERNEL=0``, the plain MindSpore path runs instead (same result up to float rounding).
 """
 import functools
 import hashlib
@@ -21,7 +22,7 @@ from mindspore import nn, ops
 
 logger = logging.getLogger("mindkit")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int8_matmul.cc")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c++20", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c++20", "-pthread", "-shared", "-fPIC"]
 SYMBOL = "Int8MatMul"
 
 
