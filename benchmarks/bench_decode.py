@@ -143,7 +143,8 @@ def run_mindkit(args, bandwidth, quant):
         state = match_layout(model_state(name, cfg.to_dict()), {p.name: p.shape for p in model.get_parameters()},
                              cfg.kv_heads)
         if quant:
-            state = quantize_state(state, {p.name for p in model.get_parameters() if p.dtype == ms.int8})
+            state = quantize_state(state, {p.name for p in model.get_parameters() if p.dtype == ms.int8},
+                                   cfg.quant_group_size)
         for p in model.get_parameters():
             p.set_data(ms.Tensor(state[p.name], dtype=p.dtype))
         extra = {"checkpoint_mb": checkpoint_mb({p.name: state[p.name] for p in model.get_parameters()})}

@@ -44,7 +44,8 @@ def convert(args):
     config = model_config_of(args.model_config) if args.model_config else None
     convert_weights(args.input, args.output, to="hf" if args.reversed else args.to, model_config=config,
                     qkv_concat=args.qkv_concat, n_kv_heads=args.n_kv_heads, num_heads=args.num_heads,
-                    dtype=args.dtype, quant_weight=args.quant_weight, force=args.force)
+                    dtype=args.dtype, quant_weight=args.quant_weight, quant_group_size=args.quant_group_size,
+                    force=args.force)
 
 
 def parser():
@@ -61,7 +62,10 @@ def parser():
     p.add_argument("--n_kv_heads", type=int, help="KV heads (for --qkv_concat without --model_config)")
     p.add_argument("--num_heads", type=int, help="attention heads (for a HuggingFace config.json)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (fp32/fp16/bf16); default: as stored")
-    p.add_argument("--quant_weight", choices=["int8"], help="weight-only int8 projections with per-row scales")
+    p.add_argument("--quant_weight", choices=["int8"], help="weight-only int8 projections and head, a float32 "
+                   "scale and offset per group of inputs")
+    p.add_argument("--quant_group_size", type=int, default=32,
+                   help="inputs per int8 group (default 32; the model's quant_group_size must match)")
     p.add_argument("--force", action="store_true", help="replace an existing output (files only, deletes nothing)")
     return p
 

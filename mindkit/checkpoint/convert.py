@@ -18,6 +18,7 @@ import numpy as np
 
 from mindkit.checkpoint.fused import FFN, QKV, match_layout
 from mindkit.checkpoint.hf_names import HF_BUFFERS, hf_to_mindformers, is_hf_naming, mindformers_to_hf
+from mindkit.checkpoint.quantize import GROUP_SIZE, quantization_params, quantize_state
 from mindkit.checkpoint.torch_state import bf16_to_float32, float32_to_bf16, read_torch_state
 from mindkit.errors import CheckpointError
 
@@ -414,17 +415,22 @@ def _fused_dtypes(dtypes, tensors):
 
 
 def cast(w, dtype):
-    """Float tensors (int8 weight scales excepted) to ``dtype``; None keeps each as stored."""
+    """Float tensors (int8 weights' float32 scales and offsets excepted) to ``dtype``; None keeps each as stored."""
     if dtype is None:
         return w
-    dtypes = {k: dtype if d in FLOAT_DTYPES + ("float64",) and not k.endswith("weight_scale") else d
+    dtypes = {k: dtype if d in FLOAT_DTYPES + ("float64",) and quantization_params(k, w.tensors) is None else d
               for k, d in w.dtypes.items()}
     return Weights(w.tensors, dtypes, w.config)
 
 
-def quantize(w):
-    from mindkit.checkpoint.quantize import quantize_state
-    tensors = quantize_state(w.tensors)
+def quantize(w, group_size):
+    expected = "a multiple of 8 that divides the input width of every weight quantized"
+    if group_size < 8 or group_size % 8:
+        raise CheckpointError("--quant_group_size", group_size, expected)
+    try:
+        tensors = quantize_state(w.tensors, group_size=group_size)
+    except ValueError as e:
+        raise CheckpointError("--quant_group_size", group_size, expected, hint=str(e)) from None
     dtypes = {k: w.dtypes[k] if k in w.dtypes and v.dtype.kind == "f" else str(v.dtype) for k, v in tensors.items()}
     return Weights(tensors, dtypes, w.config)
 
@@ -541,7 +547,7 @@ def normalize_dtype(dtype):
 
 
 def convert_weights(src, out, to=None, model_config=None, qkv_concat=None, n_kv_heads=None, num_heads=None,
-                    dtype=None, quant_weight=None, force=False):
+                    dtype=None, quant_weight=None, quant_group_size=GROUP_SIZE, force=False):
     """Convert ``src`` into ``out``; returns a summary dict (tensors, bytes, seconds)."""
     t0 = time.perf_counter()
     dtype, kind = normalize_dtype(dtype), output_kind(out, to)
@@ -551,7 +557,7 @@ def convert_weights(src, out, to=None, model_config=None, qkv_concat=None, n_kv_
     if qkv_concat is not None:
         w = set_fused(w, qkv_concat, config.get("num_key_value_heads"))
     if quant_weight == "int8":
-        w = quantize(w)
+        w = quantize(w, quant_group_size)
     w = cast(w, dtype)
     w = write_weights(out, kind, w, config)
     nbytes = sum(int(np.prod(v.shape)) * _itemsize(w.dtypes[k]) for k, v in w.tensors.items())

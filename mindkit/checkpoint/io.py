@@ -6,7 +6,7 @@ import os
 import numpy as np
 import mindspore as ms
 
-from mindkit.checkpoint.quantize import is_quantized, quantize_state
+from mindkit.checkpoint.quantize import SCALE, is_quantized, quantization_params, quantize_state
 from mindkit.errors import CheckpointError
 from mindkit.parallel.layout import full_shapes, param_layouts, shard
 
@@ -95,6 +95,18 @@ TRAINING_STATE = ("adam_m.", "adam_v.", "global_step", "learning_rate", "epoch_n
                   "scale_sense", "current_iterator_step", "last_overflow_iterator_step")
 
 
+def _int8_hint(name, state, expected):
+    """Why an int8 weight's scale or offset does not fit the model: another group size, or the old format."""
+    weight = quantization_params(name, expected)
+    if weight is None or weight not in state or weight + SCALE not in state:
+        return None
+    scale = state[weight + SCALE]
+    if scale.ndim != 2:
+        return "an int8 checkpoint with one scale per row, which mindkit no longer reads: quantize the float weights"
+    return (f"its int8 groups are {state[weight].shape[1] // scale.shape[1]} inputs wide: set "
+            "model.model_config.quant_group_size to match")
+
+
 def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     """Load ``path`` into ``model``; returns the resolved file. A full checkpoint is sliced to this rank's shard;
     a distributed one (``path/rank_{rank}/``) must already hold this rank's slices. ``names`` limits which
@@ -121,14 +133,15 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     if to_quantize:
         logger.info("quantizing %d float weights of %s to int8 as they load (quant_weight: int8)", len(to_quantize),
                     path)
-        state = quantize_state(state, to_quantize)
+        state = quantize_state(state, to_quantize, model.config.quant_group_size)
     wanted = set(expected) if names is None else set(names) & set(expected)
     missing = sorted(wanted - set(state))
     foreign = getattr(model, "foreign_param", lambda name: False)  # held by another pipeline stage
     extra = sorted(n for n in set(state) - set(expected) if not foreign(n))
     if missing:
         raise CheckpointError(f"{path}: parameter {missing[0]}", "missing", f"shape {expected[missing[0]]}",
-                              hint=f"{len(missing)} missing in all" if len(missing) > 1 else None)
+                              hint=_int8_hint(missing[0], state, expected)
+                              or (f"{len(missing)} missing in all" if len(missing) > 1 else None))
     if extra:
         shape = None if state[extra[0]] is None else tuple(state[extra[0]].shape)
         raise CheckpointError(f"{path}: parameter {extra[0]}", f"shape {shape}", "no such parameter in the model",
@@ -138,7 +151,7 @@ def load_weights(model, path, key="load_checkpoint", rank=0, names=None):
     for name in wanted:
         if tuple(state[name].shape) != expected[name]:
             raise CheckpointError(f"{path}: parameter {name}", f"shape {tuple(state[name].shape)}",
-                                  f"shape {expected[name]}")
+                                  f"shape {expected[name]}", hint=_int8_hint(name, state, expected))
         if (state[name].dtype == np.int8) != (name in int8):
             raise CheckpointError(f"{path}: parameter {name}", f"dtype {state[name].dtype}",
                                   "int8" if name in int8 else "a float dtype")

@@ -175,7 +175,7 @@ class CausalLM(nn.Cell, GenerationMixin):
         raise NotImplementedError
 
     def head_scale(self):
-        """The int8 head's per-row scale (quant_weight: int8 only)."""
+        """The int8 head's (scale, offset) per group (quant_weight: int8 only)."""
         raise NotImplementedError
 
     def adapt_checkpoint(self, state, expected, local):
@@ -198,7 +198,7 @@ class CausalLM(nn.Cell, GenerationMixin):
         if self.holds_head:
             h = cast(h.reshape(B * L, H), self.compute_dtype)
             if self.head_qmatmul is not None:
-                logits = self.head_qmatmul(h, self.head_weight(), self.head_scale())
+                logits = self.head_qmatmul(h, self.head_weight(), *self.head_scale())
             else:
                 logits = cast(matmul_t(self.head_matmul, self.head_few_rows, h,
                                        cast(self.head_weight(), self.compute_dtype), self.training), ms.float32)

@@ -11,8 +11,9 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from mindkit.errors import ConfigError
 from mindkit.ops import decode_kernels
-from mindkit.ops.int8_matmul import Int8MatMul
+from mindkit.ops.int8_matmul import Int8MatMul, dequantize
 from mindkit.parallel.tensor_parallel import TPGroup
 
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
@@ -56,10 +57,17 @@ class ParallelLayout:
         return {name: self.split_axis for name, _ in self.parameters_and_names(expand=False)}
 
 
-def int8_params(shape):
-    """An int8 weight of ``shape`` and its float32 scale per row (weight-only quantization; not trained)."""
+def int8_params(shape, group_size):
+    """An int8 weight of ``shape`` (out, in) and its float32 scale and offset per group of ``group_size`` inputs,
+    (out, in / group_size) each (weight-only quantization, mindkit.checkpoint.quantize; not trained)."""
+    if shape[1] % group_size:
+        raise ConfigError("model.model_config.quant_group_size", group_size,
+                          f"a divisor of the {shape[1]} input columns a weight holds here (with tensor parallelism, "
+                          "of each rank's share: a split must fall on group boundaries)")
+    groups = (shape[0], shape[1] // group_size)
     return (Parameter(initializer("zeros", shape, ms.int8), requires_grad=False),
-            Parameter(initializer("ones", shape[:1], ms.float32), requires_grad=False))
+            Parameter(initializer("ones", groups, ms.float32), requires_grad=False),
+            Parameter(initializer("zeros", groups, ms.float32), requires_grad=False))
 
 
 FEW_ROWS = 16  # a decode step's rows (its batch): what mindkit.ops.decode_kernels are for
@@ -87,11 +95,13 @@ class Linear(nn.Cell, ParallelLayout):
     """y = x @ W^T (+ b) with W stored (out, in) as MindFormers does. ``split_axis`` 0: column-parallel (each rank
     computes out/tp outputs; with ``gather_output`` they are all-gathered, so every rank gets all ``out``); 1:
     row-parallel (each rank holds in/tp inputs, partial outputs are summed over the group; the bias, whole on every
-    rank, is added after the sum). ``quant="int8"``: W is int8 with a float32 ``weight_scale`` per output row,
-    y = (x @ W^T) * scale (computed in float32 by mindkit.ops.Int8MatMul)."""
+    rank, is added after the sum). ``quant="int8"``: W is int8 with a float32 ``weight_scale`` and
+    ``weight_offset`` per group of ``group_size`` inputs, split with W's rows or columns (computed in float32 by
+    mindkit.ops.Int8MatMul)."""
 
     def __init__(self, in_features, out_features, param_init_type="float32", compute_dtype="float32",
-                 split_axis=None, init_std=0.02, tp=TPGroup(), quant=None, has_bias=False, gather_output=False):
+                 split_axis=None, init_std=0.02, tp=TPGroup(), quant=None, has_bias=False, gather_output=False,
+                 group_size=None):
         super().__init__()
         self.split_axis, self.tp = split_axis, tp
         if split_axis == 0:
@@ -105,7 +115,7 @@ class Linear(nn.Cell, ParallelLayout):
                               name="bias") if has_bias else None
         self.quant = quant
         if quant == "int8":
-            self.weight, self.weight_scale = int8_params((out_features, in_features))
+            self.weight, self.weight_scale, self.weight_offset = int8_params((out_features, in_features), group_size)
             self.qmatmul = Int8MatMul()
         else:
             self.weight = Parameter(initializer(weight_init(init_std), (out_features, in_features),
@@ -116,9 +126,10 @@ class Linear(nn.Cell, ParallelLayout):
         self.reduce = tp.all_reduce() if split_axis == 1 else None
 
     def param_split_axes(self):
-        # the scale and bias follow the output rows: split with them, whole on every rank when the inputs are split
-        rows = 0 if self.split_axis == 0 else None
-        return {"weight": self.split_axis, "weight_scale": rows, "bias": rows}
+        # the group scales and offsets split with the weight; the bias follows the output rows (whole on every rank
+        # when the inputs are split)
+        axis = self.split_axis
+        return {"weight": axis, "weight_scale": axis, "weight_offset": axis, "bias": 0 if axis == 0 else None}
 
     def construct(self, x):
         shape = x.shape
@@ -127,7 +138,7 @@ class Linear(nn.Cell, ParallelLayout):
             y = matmul_t(self.matmul, self.few_rows_matmul, cast(x, self.compute_dtype),
                          cast(self.weight, self.compute_dtype), self.training)
         else:
-            y = cast(self.qmatmul(x, self.weight, self.weight_scale), self.compute_dtype)
+            y = cast(self.qmatmul(x, self.weight, self.weight_scale, self.weight_offset), self.compute_dtype)
         if self.reduce is not None:
             y = self.reduce(y)
         if self.bias is not None:
@@ -141,17 +152,20 @@ class Linear(nn.Cell, ParallelLayout):
 class Embedding(nn.Cell, ParallelLayout):
     """Token embedding, weight (vocab, hidden) named ``embedding_weight``, split over the vocabulary: each rank looks
     up the ids in its range and the group sums the rows. ``quant="int8"`` (for a tied model, whose embedding is also
-    the LM head): int8 rows with a float32 ``embedding_weight_scale`` per row, split with the rows."""
+    the LM head): int8 rows with a float32 ``embedding_weight_scale`` and ``embedding_weight_offset`` per group of
+    ``group_size`` columns, split with the rows."""
     split_axis = 0
 
-    def __init__(self, vocab_size, hidden_size, param_init_type="float32", init_std=0.02, tp=TPGroup(), quant=None):
+    def __init__(self, vocab_size, hidden_size, param_init_type="float32", init_std=0.02, tp=TPGroup(), quant=None,
+                 group_size=None):
         super().__init__()
         self.tp = tp
         self.local_vocab = tp.local(vocab_size, "vocab_size")
         self.offset = tp.rank * self.local_vocab
         self.quant = quant
         if quant == "int8":
-            self.embedding_weight, self.embedding_weight_scale = int8_params((self.local_vocab, hidden_size))
+            self.embedding_weight, self.embedding_weight_scale, self.embedding_weight_offset = int8_params(
+                (self.local_vocab, hidden_size), group_size)
         else:
             self.embedding_weight = Parameter(
                 initializer(weight_init(init_std), (self.local_vocab, hidden_size), ms_dtype(param_init_type)),
@@ -161,8 +175,8 @@ class Embedding(nn.Cell, ParallelLayout):
     def rows(self, ids):
         weight = self.embedding_weight
         if self.quant is not None:
-            scale = ops.gather(self.embedding_weight_scale, ids, 0)
-            return ops.gather(weight, ids, 0).astype(ms.float32) * scale.expand_dims(-1)
+            return dequantize(ops.gather(weight, ids, 0), ops.gather(self.embedding_weight_scale, ids, 0),
+                              ops.gather(self.embedding_weight_offset, ids, 0))
         if weight.dtype == ms.bfloat16:  # no bfloat16 Gather kernel on CPU
             return cast(ops.gather(cast(weight, ms.float32), ids, 0), ms.bfloat16)
         return ops.gather(weight, ids, 0)

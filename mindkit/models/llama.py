@@ -26,7 +26,8 @@ class LlamaAttention(nn.Cell):
         self.n_heads, self.n_kv, self.hd = tp.local(cfg.num_heads, "num_heads"), cfg.kv_heads // tp.size, cfg.head_dim
         self.qkv_concat = cfg.qkv_concat
         q_out, kv_out = cfg.num_heads * self.hd, cfg.kv_heads * self.hd
-        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight)
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight,
+                   group_size=cfg.quant_group_size)
         if self.qkv_concat:
             self.w_qkv = Linear(cfg.hidden_size, q_out + 2 * kv_out, split_axis=0, **lin)
         else:
@@ -54,7 +55,8 @@ class LlamaFeedForward(nn.Cell):
         super().__init__()
         self.ffn = tp.local(cfg.ffn_hidden_size, "the FFN width")
         self.fused = cfg.qkv_concat
-        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight)
+        lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight,
+                   group_size=cfg.quant_group_size)
         full = cfg.ffn_hidden_size
         if self.fused:
             self.w_gate_hidden = Linear(cfg.hidden_size, 2 * full, split_axis=0, **lin)
@@ -105,7 +107,8 @@ class LlamaModel(StagedLayers):
         if stage.first or (stage.last and cfg.tie_word_embeddings):
             # int8 only when tied: then it is also the LM head, read whole every step
             self.tok_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.param_init_type, tp=tp,
-                                            quant=cfg.quant_weight if cfg.tie_word_embeddings else None)
+                                            quant=cfg.quant_weight if cfg.tie_word_embeddings else None,
+                                            group_size=cfg.quant_group_size)
         self.build_layers(cfg.num_layers, lambda i: LlamaDecodeLayer(cfg, tp), stage)
         if stage.last:
             self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_init_type,
@@ -137,7 +140,8 @@ class LlamaForCausalLM(CausalLM):
         self.model = LlamaModel(config, tp, stage)
         if not config.tie_word_embeddings and stage.last:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, config.param_init_type,
-                                  config.compute_dtype, split_axis=0, tp=tp, quant=config.quant_weight)
+                                  config.compute_dtype, split_axis=0, tp=tp, quant=config.quant_weight,
+                                  group_size=config.quant_group_size)
         self.tied = config.tie_word_embeddings
         if self.tied:
             self.tied_head = ("lm_head.weight", "model.tok_embeddings.embedding_weight")
@@ -150,7 +154,9 @@ class LlamaForCausalLM(CausalLM):
         return self.model.tok_embeddings.embedding_weight if self.tied else self.lm_head.weight
 
     def head_scale(self):
-        return self.model.tok_embeddings.embedding_weight_scale if self.tied else self.lm_head.weight_scale
+        if self.tied:
+            return self.model.tok_embeddings.embedding_weight_scale, self.model.tok_embeddings.embedding_weight_offset
+        return self.lm_head.weight_scale, self.lm_head.weight_offset
 
     def adapt_checkpoint(self, state, expected, local):
         """Fused (``w_qkv``, ``w_gate_hidden``) or separate projections, as this model holds them."""

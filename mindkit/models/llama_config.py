@@ -23,7 +23,8 @@ class LlamaConfig(CausalLMConfig):
     rms_norm_eps: float = 1e-5
     theta: float = 10000.0
     qkv_concat: bool = False
-    quant_weight: Optional[str] = None       # "int8": projections and head int8, float32 scale per row
+    quant_weight: Optional[str] = None       # "int8": projections and head int8 (mindkit.checkpoint.quantize)
+    quant_group_size: int = 32               # int8: inputs per float32 scale and offset (quantize.GROUP_SIZE)
     tie_word_embeddings: bool = False
 
     def validate(self):
@@ -33,6 +34,11 @@ class LlamaConfig(CausalLMConfig):
         super().validate()
         if self.quant_weight not in (None, "int8"):
             raise ConfigError(join_key(k, "quant_weight"), self.quant_weight, "null or int8")
+        group = self.quant_group_size
+        if group < 8 or group % 8 or (self.quant_weight and (self.hidden_size % group or self.ffn_hidden_size % group)):
+            raise ConfigError(join_key(k, "quant_group_size"), group,
+                              f"a multiple of 8 that divides hidden_size ({self.hidden_size}) and the FFN width "
+                              f"({self.ffn_hidden_size})")
         if self.hidden_size % self.num_heads:
             raise ConfigError(join_key(k, "hidden_size"), self.hidden_size, f"a multiple of num_heads ({self.num_heads})")
         if self.num_heads % self.kv_heads:
