@@ -2,7 +2,7 @@
 
 Each library is compiled with g++ on first use into ``$MINDKIT_CACHE_DIR`` (default ``~/.cache/mindkit``), named by
 a hash of its source and flags, so an edited kernel is rebuilt and concurrent ranks never load a half-written file.
-``scripts/setup.sh`` warms the cache (``python3 -m mindkit.ops.aot``). Without g++ or a CPU target, or with
+Without g++ or a CPU target, or with
 ``MINDKIT_KERNELS=0``, ``library`` returns None and every caller runs its plain-MindSpore path instead.
 """
 import functools
@@ -17,7 +17,7 @@ from mindspore import ops
 
 logger = logging.getLogger("mindkit")
 HERE = os.path.dirname(os.path.abspath(__file__))
-BASE_FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC", "-pthread")
+BASE_FLAGS = ("-O3", "-std=c++20", "-fopenmp-simd", "-shared", "-fPIC", "-pthread")
 VECTOR_ISA = ("avx2", "fma")
 
 

@@ -16,7 +16,7 @@
 // waits for a helper that has not started: chunks go to whichever thread claims them first, the helper spins only
 // briefly between calls before it sleeps, and a call that waited long, next to its own share of the work, for the
 // helper's last chunk rests the helper for the next few hundred calls (the other core is busy). With another process
-// on both cores, a decode step's int8 calls still took 27 ms against 30 ms on one thread. MINDKIT_INT8_THREADS=1 keeps
+// on both cores, a decode step's int8 calls still took 27 ms against 30 ms on one thread. MINDKIT_KERNEL_THREADS=1 keeps
 // every call on the caller's thread.
 #include <immintrin.h>
 
@@ -252,7 +252,7 @@ class Helper {
   static constexpr int kMinPenalty = 256, kMaxPenalty = 8192;  // calls without the helper after a late one
 
   static Helper *make() {
-    const char *env = std::getenv("MINDKIT_INT8_THREADS");
+    const char *env = std::getenv("MINDKIT_KERNEL_THREADS");
     if (std::thread::hardware_concurrency() < 2 || (env && std::atoi(env) == 1)) return nullptr;
     return new Helper;  // lives as long as the process; its thread is detached
   }
