@@ -45,24 +45,27 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// y[m, n0:n0+4] for rows m, m+1 of x against 4 rows of w: each w load feeds two FMAs, each x load four.
-inline void block_2x4(const float *x0, const float *x1, const float *w, int64_t K, float *y0, float *y1) {
-  __m256 a[8];
+// y[m..m+MR, n0:n0+4] for MR rows of x (MR * K floats apart: x's row stride is K) against 4 rows of w: each w load
+// feeds MR FMAs and each x load four.
+template <int MR>
+inline void block_rows(const float *x, const float *w, int64_t K, float *y, int64_t N) {
+  __m256 a[MR * 4];
   for (auto &r : a) r = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    const __m256 u = _mm256_loadu_ps(x0 + k), v = _mm256_loadu_ps(x1 + k);
+    __m256 u[MR];
+    for (int i = 0; i < MR; ++i) u[i] = _mm256_loadu_ps(x + i * K + k);
     for (int r = 0; r < 4; ++r) {
       const __m256 wr = _mm256_loadu_ps(w + r * K + k);
-      a[r] = _mm256_fmadd_ps(wr, u, a[r]);
-      a[4 + r] = _mm256_fmadd_ps(wr, v, a[4 + r]);
+      for (int i = 0; i < MR; ++i) a[i * 4 + r] = _mm256_fmadd_ps(wr, u[i], a[i * 4 + r]);
     }
   }
-  for (int r = 0; r < 4; ++r) {
-    float s0 = hsum(a[r]), s1 = hsum(a[4 + r]);
-    for (int64_t j = k; j < K; ++j) s0 += x0[j] * w[r * K + j], s1 += x1[j] * w[r * K + j];
-    y0[r] = s0, y1[r] = s1;
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < 4; ++r) {
+      float t = hsum(a[i * 4 + r]);
+      for (int64_t j = k; j < K; ++j) t += x[i * K + j] * w[r * K + j];
+      y[i * N + r] = t;
+    }
 }
 
 template <int R>
@@ -99,9 +102,9 @@ void matmul_rows(const void *ctx, int64_t n0, int64_t n1) {
   for (; n + 4 <= n1; n += 4) {
     const float *w = a.w + n * a.K;
     int64_t m = 0;
-    for (; m + 2 <= a.M; m += 2)
-      block_2x4(a.x + m * a.K, a.x + (m + 1) * a.K, w, a.K, a.y + m * a.N + n, a.y + (m + 1) * a.N + n);
-    if (m < a.M) block_1xR<4>(a.x + m * a.K, w, a.K, a.y + m * a.N + n);
+    for (; m + 3 <= a.M; m += 3) block_rows<3>(a.x + m * a.K, w, a.K, a.y + m * a.N + n, a.N);
+    if (a.M - m == 2) block_rows<2>(a.x + m * a.K, w, a.K, a.y + m * a.N + n, a.N);
+    if (a.M - m == 1) block_rows<1>(a.x + m * a.K, w, a.K, a.y + m * a.N + n, a.N);
   }
 #endif
   for (; n < n1; ++n)
