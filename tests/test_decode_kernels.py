@@ -105,3 +105,21 @@ def test_few_rows_matmul_kernel(jit):
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
         got = run(ms.Tensor(x), ms.Tensor(w)).asnumpy()
         np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+def test_one_token_prompt_into_a_row_of_a_shared_cache():
+    """The server prefills a joining request alone into its row of the running batch's cache (row_views): a
+    one-token prompt there takes the plain path, and lands in that row only."""
+    from mindkit.generation.kv_cache import KVCache
+    from mindkit.generation.row_cache import row_views
+    out = []
+    for kernels in (True, False):
+        model = build("llama", kernels)
+        cache = KVCache.for_model(model, 2, 16)
+        logits = model(ms.Tensor([[7]], ms.int32), ms.Tensor([[0]], ms.int32), ms.Tensor(np.ones((1, 16), np.bool_)),
+                       0, row_views(cache, 1))
+        out.append((logits.asnumpy(), cache.layers[0].k.asnumpy()))
+    (got, got_k), (want, want_k) = out
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(got_k, want_k, rtol=1e-5, atol=1e-5 * np.abs(want_k).max())
+    assert not got_k[0].any() and got_k[1, :, 0].any()

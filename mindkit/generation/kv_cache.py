@@ -13,6 +13,8 @@ _counter = [0]
 
 
 class LayerKV(nn.Cell):
+    whole = True  # ``k``/``v`` are the whole cache, which a fused kernel may write in place (a RowKV view is not)
+
     def __init__(self, shape, dtype, uid):
         super().__init__()
         self.k = Parameter(ops.zeros(shape, dtype), name=f"kv_cache.{uid}.k", requires_grad=False)

@@ -12,6 +12,7 @@ from mindkit.models.layers import cast
 
 class RowKV:
     """Looks like a ``LayerKV`` to the model, but reads and writes only row ``row`` of ``layer``."""
+    whole = False
 
     def __init__(self, layer, row):
         self.layer, self.row = layer, row
