@@ -1,9 +1,9 @@
 """Builds the C++ sources of ``mindkit/ops`` into shared libraries for MindSpore's ``ops.Custom(func_type="aot")``.
 
 Each library is compiled with g++ on first use into ``$MINDKIT_CACHE_DIR`` (default ``~/.cache/mindkit``), named by
-a hash of its source and flags, so an edited kernel is rebuilt and concurrent ranks never load a half-written file.
-Without g++ or a CPU target, or with
-``MINDKIT_KERNELS=0``, ``library`` returns None and every caller runs its plain-MindSpore path instead.
+a hash of its source, the headers beside it and the flags, so an edited kernel is rebuilt and concurrent ranks never
+load a half-written file. Without g++ or a CPU target, or with ``MINDKIT_KERNELS=0``, ``library`` returns None and
+every caller runs its plain-MindSpore path instead.
 """
 import functools
 import hashlib
