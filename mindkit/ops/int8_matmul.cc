@@ -2,7 +2,7 @@
 // with a float32 scale and offset per group of g consecutive inputs (g = K / scale.shape[1], a multiple of 8), for
 // MindSpore's Custom "aot" op. Weight-only int8 decode is bound by reading the weights; MindSpore's CPU MatMul has no
 // int8 x float form, so without this kernel every step would first cast the whole int8 weight to float. Built by
-// mindkit/ops/int8_matmul.py with -mavx2 -mfma -std=c++20 -pthread.
+// mindkit/ops/aot.py (-mavx2 -mfma -std=c++20 -pthread among its flags).
 //
 // M == 1: four weight rows at a time are converted in registers; per group, sum(x * q) is scaled once, and the offsets
 // add offset[n, :] . xsum (x summed per group), so an offset costs no work per weight. 1 < M <= 4: two rows are
