@@ -13,7 +13,7 @@ from mindkit.config import load_yaml
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.models import ChatGLM2Config, ChatGLM2ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
 from mindkit.models.causal_lm import CachedAttention
-from mindkit.models.layers import RMSNorm
+from mindkit.models.layers import FEW_ROWS, RMSNorm
 from mindkit.ops import aot, decode_kernels
 
 pytestmark = pytest.mark.skipif(aot.library(decode_kernels.SOURCE) is None, reason="kernels cannot be built here")
@@ -43,11 +43,11 @@ def attention(model):
     return next(cell for _, cell in model.cells_and_names() if isinstance(cell, CachedAttention))
 
 
-def steps(model, compiled, new_tokens=5):
+def steps(model, compiled, new_tokens=5, prompts=PROMPTS):
     """Logits of the prefill and of each greedy decode step (each step feeds its own argmax, so equal logits mean
     equal greedy tokens), and the KV caches afterwards."""
     runner = ModelRunner(model, compiled=compiled, prompt_bucket=8)
-    ids = np.asarray(PROMPTS, np.int32)
+    ids = np.asarray(prompts, np.int32)
     B, P = ids.shape
     runner.begin(B, runner.slots_for(P + new_tokens))
     valid = np.zeros((B, runner.cache.slots), np.bool_)
@@ -72,6 +72,19 @@ def test_kernels_equal_plain_ops(kind, changes, compiled):
     (got, got_cache), (want, want_cache) = steps(fused, compiled), steps(plain, compiled)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     np.testing.assert_allclose(got_cache, want_cache, rtol=1e-5, atol=1e-5 * np.abs(want_cache).max())
+
+
+@pytest.mark.parametrize("kind,changes", [("llama", {"qkv_concat": False}), ("llama", {"qkv_concat": True}),
+                                          ("glm2", {})])
+def test_every_decode_step_of_a_full_batch_takes_the_fused_attention(kind, changes):
+    """FEW_ROWS rows of one token each: a decode step, whatever the head layout of q."""
+    model = build(kind, True, **changes)
+    calls = []
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, CachedAttention):
+            cell.fused = lambda *args, kernel=cell.fused: calls.append(1) or kernel(*args)
+    steps(model, compiled=False, new_tokens=2, prompts=[PROMPTS[0]] * FEW_ROWS)
+    assert len(calls) == 2 * model.config.num_layers
 
 
 def test_rms_norm_kernel_and_training_path():

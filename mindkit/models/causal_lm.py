@@ -75,7 +75,7 @@ class CachedAttention(nn.Cell):
         """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
         RoPE. Returns (B, L, n_heads * hd)."""
         B, L = q.shape[0], q.shape[1]
-        if L == 1 and cache.whole and decode_kernel(self.fused, self.training, q) and cache.k.dtype == ms.float32:
+        if L == 1 and cache.whole and decode_kernel(self.fused, self.training, q, rows=B) and cache.k.dtype == ms.float32:
             slot = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
             out = self.fused(q.reshape(B, self.n_heads, self.hd), k.reshape(B, self.n_kv, self.hd),
                              v.reshape(B, self.n_kv, self.hd), cos.reshape(B, -1), sin.reshape(B, -1), self.partner,

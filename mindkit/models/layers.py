@@ -73,11 +73,12 @@ def int8_params(shape, group_size):
 FEW_ROWS = 16  # a decode step's rows (its batch): what mindkit.ops.decode_kernels are for
 
 
-def decode_kernel(kernel, training, x):
+def decode_kernel(kernel, training, x, rows=None):
     """Whether ``kernel`` (a mindkit.ops.decode_kernels op, or None where it cannot run) takes ``x``: float32, at
     most FEW_ROWS rows (a prefill's many rows are faster on MindSpore's own multi-threaded ops) and out of training
-    (the kernels have no gradient)."""
-    return kernel is not None and not training and x.dtype == ms.float32 and x.size // x.shape[-1] <= FEW_ROWS
+    (the kernels have no gradient). ``rows``: the token count when x's last axis is not the whole token (heads)."""
+    rows = x.size // x.shape[-1] if rows is None else rows
+    return kernel is not None and not training and x.dtype == ms.float32 and rows <= FEW_ROWS
 
 
 def few_rows_matmul(param_init_type, compute_dtype):
