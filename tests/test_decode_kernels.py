@@ -60,7 +60,8 @@ def steps(model, compiled, new_tokens=5, prompts=PROMPTS):
         positions = positions[:, -1:] + 1
         logits.append(runner.decode(nxt, positions, valid, P + t))
     caches = [np.stack([layer.k.asnumpy(), layer.v.asnumpy()]) for layer in runner.cache.layers]
-    return np.stack(logits), np.stack(caches)[..., :P + new_tokens, :]
+    # a padding token's keys and values past the first layer come from its attention over no real slot: undefined
+    return np.stack(logits), (np.stack(caches) * valid[:, None, :, None])[..., :P + new_tokens, :]
 
 
 @pytest.mark.parametrize("kind,changes", [("llama", {"qkv_concat": False}), ("llama", {"qkv_concat": True}),
@@ -76,15 +77,15 @@ def test_kernels_equal_plain_ops(kind, changes, compiled):
 
 @pytest.mark.parametrize("kind,changes", [("llama", {"qkv_concat": False}), ("llama", {"qkv_concat": True}),
                                           ("glm2", {})])
-def test_every_decode_step_of_a_full_batch_takes_the_fused_attention(kind, changes):
-    """FEW_ROWS rows of one token each: a decode step, whatever the head layout of q."""
+def test_prefill_and_every_decode_step_of_a_full_batch_take_the_fused_attention(kind, changes):
+    """FEW_ROWS rows, whatever the head layout of q (a fused QKV's q once counted as tokens x heads)."""
     model = build(kind, True, **changes)
     calls = []
     for _, cell in model.cells_and_names():
         if isinstance(cell, CachedAttention):
             cell.fused = lambda *args, kernel=cell.fused: calls.append(1) or kernel(*args)
     steps(model, compiled=False, new_tokens=2, prompts=[PROMPTS[0]] * FEW_ROWS)
-    assert len(calls) == 2 * model.config.num_layers
+    assert len(calls) == (1 + 2) * model.config.num_layers
 
 
 def test_rms_norm_kernel_and_training_path():
@@ -103,6 +104,27 @@ def test_rms_norm_kernel_and_training_path():
     np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-5)
     grad = ms.grad(lambda t: norm(t).sum())(x)
     assert grad.shape == x.shape and np.isfinite(grad.asnumpy()).all()
+
+
+def test_elementwise_kernels_on_prefill_sized_inputs():
+    """Thousands of rows, split over threads, odd widths past the 8-wide vectors, and gates far into exp's
+    over- and underflow, against float64."""
+    rng = np.random.default_rng(2)
+    for rows, width in [(700, 1536), (33, 13)]:
+        gate = rng.standard_normal((rows, width)) * 6
+        gate[0, :4] = [-150.0, -88.5, 89.0, 150.0]
+        up = rng.standard_normal((rows, width))
+        want = gate / (1 + np.exp(-gate)) * up
+        got = decode_kernels.silu_mul()(ms.Tensor(gate, ms.float32), ms.Tensor(up, ms.float32)).asnumpy()
+        pairs = np.stack([gate, up], -1).reshape(rows, 2 * width)
+        got_pairs = decode_kernels.silu_mul_pairs()(ms.Tensor(pairs, ms.float32)).asnumpy()
+        for out in (got, got_pairs):
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+        x, w = rng.standard_normal((rows, width)) * 3, rng.standard_normal(width)
+        got = decode_kernels.rms_norm()(ms.Tensor(x, ms.float32), ms.Tensor(w, ms.float32),
+                                        ms.Tensor([1e-6], ms.float32)).asnumpy()
+        np.testing.assert_allclose(got, x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * w, rtol=1e-5,
+                                   atol=1e-5)
 
 
 @pytest.mark.parametrize("jit", [False, True])

@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindkit.generation.mixin import GenerationMixin
-from mindkit.models.layers import (apply_rope, cast, decode_kernel, few_rows_matmul, matmul_t, ms_dtype, rope_at,
+from mindkit.models.layers import (apply_rope, cast, few_rows_matmul, inference_kernel, matmul_t, ms_dtype, rope_at,
                                    rope_partners, rotate_half_matrix)
 from mindkit.ops import decode_kernels
 from mindkit.ops.int8_matmul import Int8MatMul
@@ -53,7 +53,7 @@ class CachedAttention(nn.Cell):
     consecutive equal groups per KV head. ``kv_of_head`` (the KV head each query head reads) is for heads that do not
     fall into equal groups (a tensor-parallel rank whose heads straddle KV groups): then K/V are expanded per head
     after the cache, which still holds each KV head once. ``rotary_dim``/``interleaved``: see layers.rope_partners.
-    A decode step (one token per row, see layers.decode_kernel) runs as one fused kernel."""
+    In float32 inference this is one fused kernel (see layers.inference_kernel)."""
 
     def __init__(self, n_heads, n_kv, head_dim, softmax_dtype, compute_dtype, kv_of_head=None, rotary_dim=None,
                  interleaved=False):
@@ -69,18 +69,17 @@ class CachedAttention(nn.Cell):
         partner, sign = rope_partners(head_dim, rotary_dim, interleaved)
         self.partner, self.sign = Tensor(partner), Tensor(sign)
         float32 = softmax_dtype == compute_dtype == "float32"
-        self.fused = decode_kernels.decode_attention() if float32 and kv_of_head is None else None
+        self.fused = decode_kernels.cached_attention() if float32 and kv_of_head is None else None
 
     def construct(self, q, k, v, cos, sin, mask, cache, start):
         """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
         RoPE. Returns (B, L, n_heads * hd)."""
         B, L = q.shape[0], q.shape[1]
-        if L == 1 and cache.whole and decode_kernel(self.fused, self.training, q, rows=B) and cache.k.dtype == ms.float32:
-            slot = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
-            out = self.fused(q.reshape(B, self.n_heads, self.hd), k.reshape(B, self.n_kv, self.hd),
-                             v.reshape(B, self.n_kv, self.hd), cos.reshape(B, -1), sin.reshape(B, -1), self.partner,
-                             self.sign, cache.k, cache.v, mask.reshape(B, -1), slot)
-            return out.reshape(B, 1, -1)
+        if cache.whole and inference_kernel(self.fused, self.training, q) and cache.k.dtype == ms.float32:
+            start = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
+            return self.fused(q.reshape(B, L, self.n_heads, self.hd), k, v, cos.reshape(B, L, -1),
+                              sin.reshape(B, L, -1), self.partner, self.sign, cache.k, cache.v, mask.reshape(B, L, -1),
+                              start)
         q = apply_rope(q.reshape(B, L, self.n_heads, self.hd), cos, sin, self.rot)
         k = apply_rope(k, cos, sin, self.rot)
         k_cache, v_cache = cache.write(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start)

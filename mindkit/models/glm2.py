@@ -23,7 +23,7 @@ from mindspore import nn, ops
 
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
 from mindkit.models.glm2_config import ChatGLM2Config
-from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, decode_kernel, ms_dtype, rope_tables
+from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, inference_kernel, ms_dtype, rope_tables
 from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
 from mindkit.parallel.tensor_parallel import TPGroup
@@ -84,7 +84,7 @@ class ChatGLM2MLP(nn.Cell):
         y = self.dense_h_to_4h(x)
         gate = cast(y[..., self.gate_cols[0]:self.gate_cols[1]], ms.float32)
         up = cast(y[..., self.up_cols[0]:self.up_cols[1]], ms.float32)
-        act = self.act(gate, up) if decode_kernel(self.act, self.training, gate) else ops.silu(gate) * up
+        act = self.act(gate, up) if inference_kernel(self.act, self.training, gate) else ops.silu(gate) * up
         return self.dense_4h_to_h(cast(act, y.dtype))
 
 

@@ -70,15 +70,19 @@ def int8_params(shape, group_size):
             Parameter(initializer("zeros", groups, ms.float32), requires_grad=False))
 
 
-FEW_ROWS = 16  # a decode step's rows (its batch): what mindkit.ops.decode_kernels are for
+FEW_ROWS = 16  # a decode step's rows (its batch): what the few-row kernels of mindkit.ops.decode_kernels are for
 
 
-def decode_kernel(kernel, training, x, rows=None):
-    """Whether ``kernel`` (a mindkit.ops.decode_kernels op, or None where it cannot run) takes ``x``: float32, at
-    most FEW_ROWS rows (a prefill's many rows are faster on MindSpore's own multi-threaded ops) and out of training
-    (the kernels have no gradient). ``rows``: the token count when x's last axis is not the whole token (heads)."""
-    rows = x.size // x.shape[-1] if rows is None else rows
-    return kernel is not None and not training and x.dtype == ms.float32 and rows <= FEW_ROWS
+def inference_kernel(kernel, training, x):
+    """Whether ``kernel`` (a mindkit.ops op, or None where it cannot run) takes ``x``: float32 and out of training
+    (the kernels have no gradient). Elementwise kernels (norm, SwiGLU) take any number of rows."""
+    return kernel is not None and not training and x.dtype == ms.float32
+
+
+def decode_kernel(kernel, training, x):
+    """inference_kernel, for kernels made for a decode step: at most FEW_ROWS rows of x (prefill's many rows are
+    faster on MindSpore's own multi-threaded ops)."""
+    return inference_kernel(kernel, training, x) and x.size // x.shape[-1] <= FEW_ROWS
 
 
 def few_rows_matmul(param_init_type, compute_dtype):
@@ -192,7 +196,7 @@ class Embedding(nn.Cell, ParallelLayout):
 
 
 class RMSNorm(nn.Cell, ParallelLayout):
-    """x / sqrt(mean(x^2) + eps) * weight; one fused kernel in a float32 decode step (see decode_kernel)."""
+    """x / sqrt(mean(x^2) + eps) * weight; one fused kernel in float32 inference (see inference_kernel)."""
 
     def __init__(self, dim, eps=1e-5, param_init_type="float32", compute_type="float32"):
         super().__init__()
@@ -204,7 +208,7 @@ class RMSNorm(nn.Cell, ParallelLayout):
         self.eps_tensor = Tensor([eps], ms.float32)
 
     def construct(self, x):
-        if decode_kernel(self.fused, self.training, x):
+        if inference_kernel(self.fused, self.training, x):
             return self.fused(x, self.weight, self.eps_tensor)
         dtype = x.dtype
         x = cast(x, self.compute_type)

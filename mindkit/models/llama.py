@@ -8,7 +8,7 @@ from mindspore import nn, ops
 
 from mindkit.checkpoint.fused import match_layout
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
-from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, decode_kernel, ms_dtype, rope_tables
+from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, inference_kernel, ms_dtype, rope_tables
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
@@ -70,14 +70,14 @@ class LlamaFeedForward(nn.Cell):
     def construct(self, x):
         if self.fused:
             gu = self.w_gate_hidden(x)
-            if decode_kernel(self.act_pairs, self.training, gu):
+            if inference_kernel(self.act_pairs, self.training, gu):
                 return self.w2(self.act_pairs(gu))
             shape = x.shape[:-1] + (self.ffn,)
             gate, up = ops.split(gu.reshape(shape + (2,)), 1, axis=-1)
             gate, up = gate.reshape(shape), up.reshape(shape)
         else:
             gate, up = self.w1(x), self.w3(x)
-        if decode_kernel(self.act, self.training, gate):
+        if inference_kernel(self.act, self.training, gate):
             return self.w2(self.act(gate, up))
         return self.w2(ops.silu(gate) * up)
 

@@ -1,8 +1,11 @@
 // Fused CPU kernels for one decode step (MindSpore Custom "aot" ops; built by mindkit/ops/aot.py).
 // A compiled SmolLM2 decode step is ~1250 small kernels and each costs 10-40 us to launch on a CPU, as much as
 // reading all the weights; these kernels do the glue between the projections (norm, RoPE + KV-cache write +
-// attention, SwiGLU) in one launch each. Every kernel computes what the MindSpore ops it replaces compute, in
-// float32, up to the order of float additions.
+// attention, SwiGLU) in one launch each. The elementwise ones (norm, SwiGLU) also serve prefill, where MindSpore's
+// own ops are slow too (splitting interleaved gate/up pairs alone cost ~36 ms a layer for 1024 tokens). Every
+// kernel computes what the MindSpore ops it replaces compute, in float32, up to the order of float additions and
+// exp's last bit.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -37,7 +40,28 @@ inline void rope(const float *x, const float *cos, const float *sin, const int32
   for (int64_t d = 0; d < hd; ++d) out[d] = x[d] * cos[d] + sign[d] * x[partner[d]] * sin[d];
 }
 
+// Elementwise kernels split their work over threads in chunks of this many elements: a decode step's few rows stay
+// on the calling thread, a prefill's thousands of rows spread over the cores.
+constexpr int64_t kChunk = 1 << 14;
+inline int64_t rows_per_chunk(int64_t row) { return std::max<int64_t>(1, kChunk / row); }
+
 #if defined(__AVX2__) && defined(__FMA__)
+// exp(x) to ~1 ulp: 2^n exp(r) with n = round(x / ln 2), |r| <= ln 2 / 2 (ln 2 in two parts for exactness) and
+// Cephes' degree-6 polynomial for exp(r); x is clamped where float32 over- and underflows.
+inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+}
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -126,94 +150,155 @@ extern "C" int MatMulT(int nparam, void **params, int *ndims, int64_t **shapes, 
 }
 
 // RmsNorm(x (..., D), weight (D,), eps (1,)) -> x / sqrt(mean(x^2) + eps) * weight
+struct RmsNormArgs {
+  const float *x, *w;
+  float eps, *y;
+  int64_t D;
+};
+
+static void rms_norm_rows(const void *ctx, int64_t r0, int64_t r1) {
+  const auto &a = *static_cast<const RmsNormArgs *>(ctx);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float *x = a.x + r * a.D;
+    float *y = a.y + r * a.D;
+    const float inv = 1.f / std::sqrt(dot(x, x, a.D) / a.D + a.eps);
+#pragma omp simd
+    for (int64_t d = 0; d < a.D; ++d) y[d] = x[d] * inv * a.w[d];
+  }
+}
+
 extern "C" int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                        void *extra) {
   if (nparam != 4 || !is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[2])) return 1;
   const int64_t D = shapes[0][ndims[0] - 1], rows = numel(ndims[0], shapes[0]) / D;
   if (shapes[1][0] != D) return 2;
-  const float *x = static_cast<const float *>(params[0]), *w = static_cast<const float *>(params[1]);
-  const float eps = *static_cast<const float *>(params[2]);
-  float *y = static_cast<float *>(params[3]);
-  for (int64_t r = 0; r < rows; ++r, x += D, y += D) {
-    const float inv = 1.f / std::sqrt(dot(x, x, D) / D + eps);
-#pragma omp simd
-    for (int64_t d = 0; d < D; ++d) y[d] = x[d] * inv * w[d];
-  }
+  const RmsNormArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                      *static_cast<const float *>(params[2]), static_cast<float *>(params[3]), D};
+  mindkit::ThreadPool::get().run(rms_norm_rows, &a, rows, rows_per_chunk(D));
   return 0;
 }
 
 // SiluMul(gate (..., F), up (..., F)) -> silu(gate) * up;  SiluMulPairs(gu (..., 2F)) with (gate, up) interleaved.
+struct SiluMulArgs {
+  const float *gate, *up;  // up == nullptr: gate holds (gate, up) pairs
+  float *y;
+};
+
+static void silu_mul_range(const void *ctx, int64_t i0, int64_t i1) {
+  const auto &a = *static_cast<const SiluMulArgs *>(ctx);
+  int64_t i = i0;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; i + 8 <= i1; i += 8) {
+    __m256 g, u;
+    if (a.up) {
+      g = _mm256_loadu_ps(a.gate + i), u = _mm256_loadu_ps(a.up + i);
+    } else {  // deinterleave 16 floats: shuffles work per 128-bit lane, the permute restores the order
+      const __m256 lo = _mm256_loadu_ps(a.gate + 2 * i), hi = _mm256_loadu_ps(a.gate + 2 * i + 8);
+      g = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+      u = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+    }
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_storeu_ps(a.y + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.f), e)), u));
+  }
+#endif
+  for (; i < i1; ++i) {
+    const float g = a.up ? a.gate[i] : a.gate[2 * i], u = a.up ? a.up[i] : a.gate[2 * i + 1];
+    a.y[i] = g / (1.f + std::exp(-g)) * u;
+  }
+}
+
 extern "C" int SiluMul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                        void *extra) {
   if (nparam != 3 || !is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 1;
   const int64_t n = numel(ndims[0], shapes[0]);
   if (numel(ndims[1], shapes[1]) != n) return 2;
-  const float *g = static_cast<const float *>(params[0]), *u = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  for (int64_t i = 0; i < n; ++i) y[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  const SiluMulArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                      static_cast<float *>(params[2])};
+  mindkit::ThreadPool::get().run(silu_mul_range, &a, n, kChunk);
   return 0;
 }
 
 extern "C" int SiluMulPairs(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                             void *stream, void *extra) {
   if (nparam != 2 || !is_f32(dtypes[0])) return 1;
-  const int64_t n = numel(ndims[0], shapes[0]) / 2;
-  const float *gu = static_cast<const float *>(params[0]);
-  float *y = static_cast<float *>(params[1]);
-  for (int64_t i = 0; i < n; ++i) y[i] = gu[2 * i] / (1.f + std::exp(-gu[2 * i])) * gu[2 * i + 1];
+  const SiluMulArgs a{static_cast<const float *>(params[0]), nullptr, static_cast<float *>(params[1])};
+  mindkit::ThreadPool::get().run(silu_mul_range, &a, numel(ndims[0], shapes[0]) / 2, kChunk);
   return 0;
 }
 
-// DecodeAttention(q (B, H, hd), k (B, G, hd), v (B, G, hd), cos (B, hd), sin (B, hd), partner (hd,) int32,
-// sign (hd,), k_cache (B, G, S, hd), v_cache (B, G, S, hd), mask (B, S) additive, slot () int32) -> (B, H * hd).
-// One new token per row: RoPE on q and k, k and v written into the caches at ``slot`` (in place: the caches are
-// the model's Parameters), then softmax(q k^T / sqrt(hd) + mask) v over slots [0, slot] (later slots are masked).
-// Query head h reads KV group h / (H / G).
-extern "C" int DecodeAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+// CachedAttention(q (B, L, H, hd), k (B, L, G, hd), v (B, L, G, hd), cos (B, L, hd), sin (B, L, hd),
+// partner (hd,) int32, sign (hd,), k_cache (B, G, S, hd), v_cache (B, G, S, hd), mask (B, L, S) additive,
+// start () int32) -> (B, L, H * hd). L new tokens per row (a prefill, or one for a decode step) at cache slots
+// start .. start + L - 1: RoPE on q and k, k and v written into the caches there (in place: the caches are the
+// model's Parameters), then for token l softmax(q k^T / sqrt(hd) + mask) v over slots [0, start + l] (later slots
+// are masked anyway). Query head h reads KV group h / (H / G).
+struct AttentionArgs {
+  const float *q, *cos, *sin, *sign, *k_cache, *v_cache, *mask;
+  const int32_t *partner;
+  float *out;
+  int64_t L, H, G, S, hd, start;
+};
+
+// Units u = (b, g, l): the H / G query heads of KV group g for token l of row b, reading each cached key and value
+// once for all of them.
+static void attention_units(const void *ctx, int64_t u0, int64_t u1) {
+  const auto &a = *static_cast<const AttentionArgs *>(ctx);
+  const int64_t rep = a.H / a.G, hd = a.hd;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> qr(rep * hd), p(rep * (a.start + a.L));
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t l = u % a.L, g = u / a.L % a.G, b = u / (a.L * a.G), bl = b * a.L + l, seen = a.start + l + 1;
+    const float *kc = a.k_cache + (b * a.G + g) * a.S * hd, *vc = a.v_cache + (b * a.G + g) * a.S * hd;
+    const float *mask = a.mask + bl * a.S;
+    for (int64_t r = 0; r < rep; ++r)
+      rope(a.q + (bl * a.H + g * rep + r) * hd, a.cos + bl * hd, a.sin + bl * hd, a.partner, a.sign,
+           qr.data() + r * hd, hd);
+    for (int64_t s = 0; s < seen; ++s)
+      for (int64_t r = 0; r < rep; ++r) p[r * seen + s] = dot(qr.data() + r * hd, kc + s * hd, hd) * scale + mask[s];
+    for (int64_t r = 0; r < rep; ++r) {
+      float *pr = p.data() + r * seen, top = -INFINITY, total = 0.f;
+      for (int64_t s = 0; s < seen; ++s) top = std::max(top, pr[s]);
+      for (int64_t s = 0; s < seen; ++s) total += (pr[s] = std::exp(pr[s] - top));
+      for (int64_t s = 0; s < seen; ++s) pr[s] /= total;
+    }
+    float *o = a.out + (bl * a.H + g * rep) * hd;
+    std::fill(o, o + rep * hd, 0.f);
+    for (int64_t s = 0; s < seen; ++s)
+      for (int64_t r = 0; r < rep; ++r) {
+        const float w = p[r * seen + s], *vs = vc + s * hd;
+        float *orow = o + r * hd;
+#pragma omp simd
+        for (int64_t d = 0; d < hd; ++d) orow[d] += w * vs[d];
+      }
+  }
+}
+
+extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *stream, void *extra) {
   if (nparam != 12) return 1;
   for (int i : {0, 1, 2, 3, 4, 6, 7, 8, 9})
     if (!is_f32(dtypes[i])) return 2;
   if (std::strcmp(dtypes[5], "int32") || std::strcmp(dtypes[10], "int32")) return 2;
-  const int64_t B = shapes[0][0], H = shapes[0][1], hd = shapes[0][2], G = shapes[1][1], S = shapes[7][2];
-  if (H % G || shapes[7][0] != B || shapes[7][1] != G || shapes[7][3] != hd || shapes[9][1] != S) return 3;
-  const float *q = static_cast<const float *>(params[0]), *k = static_cast<const float *>(params[1]);
-  const float *v = static_cast<const float *>(params[2]), *cos = static_cast<const float *>(params[3]);
-  const float *sin = static_cast<const float *>(params[4]), *sign = static_cast<const float *>(params[6]);
-  const int32_t *partner = static_cast<const int32_t *>(params[5]);
+  const int64_t B = shapes[0][0], L = shapes[0][1], H = shapes[0][2], hd = shapes[0][3], G = shapes[1][2];
+  const int64_t S = shapes[7][2], start = *static_cast<const int32_t *>(params[10]);
+  if (H % G || shapes[7][0] != B || shapes[7][1] != G || shapes[7][3] != hd || shapes[9][2] != S) return 3;
+  if (start < 0 || start + L > S) return 4;
+  const float *k = static_cast<const float *>(params[1]), *v = static_cast<const float *>(params[2]);
+  const AttentionArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[3]),
+                        static_cast<const float *>(params[4]), static_cast<const float *>(params[6]),
+                        static_cast<float *>(params[7]), static_cast<float *>(params[8]),
+                        static_cast<const float *>(params[9]), static_cast<const int32_t *>(params[5]),
+                        static_cast<float *>(params[11]), L, H, G, S, hd, start};
   float *k_cache = static_cast<float *>(params[7]), *v_cache = static_cast<float *>(params[8]);
-  const float *mask = static_cast<const float *>(params[9]);
-  const int64_t slot = *static_cast<const int32_t *>(params[10]);
-  float *out = static_cast<float *>(params[11]);
-  if (slot < 0 || slot >= S) return 4;
-  const int64_t rep = H / G, seen = slot + 1;
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  std::vector<float> qr(hd), p(seen);
-  for (int64_t b = 0; b < B; ++b) {
-    const float *cb = cos + b * hd, *sb = sin + b * hd, *mb = mask + b * S;
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t row = ((b * G + g) * S + slot) * hd;
-      rope(k + (b * G + g) * hd, cb, sb, partner, sign, k_cache + row, hd);
-      std::memcpy(v_cache + row, v + (b * G + g) * hd, hd * sizeof(float));
-    }
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t g = h / rep;
-      const float *kc = k_cache + (b * G + g) * S * hd, *vc = v_cache + (b * G + g) * S * hd;
-      rope(q + (b * H + h) * hd, cb, sb, partner, sign, qr.data(), hd);
-      float top = -INFINITY, total = 0.f;
-      for (int64_t s = 0; s < seen; ++s) {
-        p[s] = dot(qr.data(), kc + s * hd, hd) * scale + mb[s];
-        top = std::max(top, p[s]);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t row = ((b * G + g) * S + start + l) * hd, src = ((b * L + l) * G + g) * hd;
+        rope(k + src, a.cos + (b * L + l) * hd, a.sin + (b * L + l) * hd, a.partner, a.sign, k_cache + row, hd);
+        std::memcpy(v_cache + row, v + src, hd * sizeof(float));
       }
-      for (int64_t s = 0; s < seen; ++s) total += (p[s] = std::exp(p[s] - top));
-      float *o = out + (b * H + h) * hd;
-      std::fill(o, o + hd, 0.f);
-      for (int64_t s = 0; s < seen; ++s) {
-        const float w = p[s] / total, *vs = vc + s * hd;
-#pragma omp simd
-        for (int64_t d = 0; d < hd; ++d) o[d] += w * vs[d];
-      }
-    }
-  }
+  // a unit reads up to start + L cached rows for each of its H / G heads: enough units per chunk to be worth a thread
+  const int64_t unit = (start + L) * hd * (H / G);
+  mindkit::ThreadPool::get().run(attention_units, &a, B * G * L, std::max<int64_t>(1, 4 * kChunk / unit));
   return 0;
 }

@@ -1,7 +1,8 @@
-"""The fused decode-step kernels of decode_kernels.cc as MindSpore ops, or None where they cannot run.
+"""The fused kernels of decode_kernels.cc as MindSpore ops, or None where they cannot run.
 
 A layer asks for a kernel when it is built and keeps its plain-MindSpore path for everything the kernel does not
-cover (other dtypes, prefill, other backends, ``MINDKIT_KERNELS=0``); both paths compute the same float32 math.
+cover (training, other dtypes, other backends, ``MINDKIT_KERNELS=0``, and for the few-row kernels, prefill: see
+layers.decode_kernel); both paths compute the same float32 math.
 """
 import mindspore as ms
 
@@ -35,10 +36,11 @@ def silu_mul_pairs():
     return _op("SiluMulPairs", lambda gu: list(gu[:-1]) + [gu[-1] // 2])
 
 
-def decode_attention():
-    """(q (B, H, hd), k (B, G, hd), v (B, G, hd), cos (B, hd), sin (B, hd), partner (hd,) int32, sign (hd,),
-    k_cache (B, G, S, hd), v_cache, mask (B, S), slot () int32) -> (B, H * hd); writes the caches at ``slot``."""
-    return _op("DecodeAttention", lambda q, *rest: [q[0], q[1] * q[2]])
+def cached_attention():
+    """(q (B, L, H, hd), k (B, L, G, hd), v (B, L, G, hd), cos (B, L, hd), sin (B, L, hd), partner (hd,) int32,
+    sign (hd,), k_cache (B, G, S, hd), v_cache, mask (B, L, S), start () int32) -> (B, L, H * hd); writes the new
+    tokens' keys and values into the caches from slot ``start`` on."""
+    return _op("CachedAttention", lambda q, *rest: [q[0], q[1], q[2] * q[3]])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ IGNORE = -100
 
 class NoCache:
     """Stands in for a layer's KV cache in a full-sequence pass: keys and values are used as computed."""
+    whole = False  # no cache for a fused attention kernel to write into
 
     def write(self, k, v, start):
         return k, v
