@@ -89,10 +89,11 @@ void pack_w(const float *w, int64_t K, int64_t nc, int64_t kc, float *dst) {
 
 #if defined(__AVX2__) && defined(__FMA__)
 // y[0:R, 0:cols] (+)= x[0:R, 0:kc] @ b, x with row stride ldx, b one packed panel (kc x NR), y with row stride ldy.
-// (The loops over rows are unrolled so that the accumulators stay in registers.)
+// ``next``: MR rows of x (stride ldx) to pull into cache meanwhile, or null. (The loops over rows are unrolled so
+// that the accumulators stay in registers.)
 template <int R>
 void micro(const float *x, int64_t ldx, const float *b, int64_t kc, float *y, int64_t ldy, int64_t cols,
-           bool accumulate) {
+           bool accumulate, const float *next) {
   __m256 c0[R], c1[R];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) {
@@ -100,13 +101,17 @@ void micro(const float *x, int64_t ldx, const float *b, int64_t kc, float *y, in
     _mm_prefetch(reinterpret_cast<const char *>(y + i * ldy), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char *>(y + i * ldy + NR - 1), _MM_HINT_T0);
   }
-  for (int64_t k = 0; k < kc; ++k, b += NR) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+  for (int64_t k0 = 0; k0 < kc; k0 += 16) {  // 16 steps read a cache line of each row of x
+    if (next)
+      for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char *>(next + i * ldx + k0), _MM_HINT_T0);
+    for (int64_t k = k0; k < std::min(kc, k0 + 16); ++k, b += NR) {
+      const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
 #pragma GCC unroll 6
-    for (int i = 0; i < R; ++i) {
-      const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
-      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+      for (int i = 0; i < R; ++i) {
+        const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
+        c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+        c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+      }
     }
   }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -135,7 +140,7 @@ void micro(const float *x, int64_t ldx, const float *b, int64_t kc, float *y, in
 #else
 template <int R>
 void micro(const float *x, int64_t ldx, const float *b, int64_t kc, float *y, int64_t ldy, int64_t cols,
-           bool accumulate) {
+           bool accumulate, const float *) {
   for (int i = 0; i < R; ++i, y += ldy) {
     float c[NR] = {};
     for (int64_t k = 0; k < kc; ++k) {
@@ -148,21 +153,23 @@ void micro(const float *x, int64_t ldx, const float *b, int64_t kc, float *y, in
 }
 #endif
 
-using Micro = void (*)(const float *, int64_t, const float *, int64_t, float *, int64_t, int64_t, bool);
+using Micro = void (*)(const float *, int64_t, const float *, int64_t, float *, int64_t, int64_t, bool, const float *);
 constexpr Micro kMicro[MR + 1] = {nullptr, micro<1>, micro<2>, micro<3>, micro<4>, micro<5>, micro<6>};
 
 // y[m0:m1, n0:n1]: per block of K, w's block is packed (kc x nc: stays in L2) and swept by every MR rows of x
-// (MR x kc: stays in L1).
+// (MR x kc: stays in L1; the sweep over the last panel prefetches the next MR rows).
 void tile(const Problem &g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t nc = n1 - n0;
   float *packed = scratch(round_up(nc, NR) * g.kc);
   for (int64_t k0 = 0; k0 < g.K; k0 += g.kc) {
     const int64_t kc = std::min(g.kc, g.K - k0);
     pack_w(g.w + n0 * g.K + k0, g.K, nc, kc, packed);
-    for (int64_t i = m0; i < m1; i += MR)
+    for (int64_t i = m0; i < m1; i += MR) {
+      const float *x = g.x + i * g.K + k0, *next = i + 2 * MR <= m1 ? x + MR * g.K : nullptr;
       for (int64_t j = 0; j < nc; j += NR)
-        kMicro[std::min(MR, m1 - i)](g.x + i * g.K + k0, g.K, packed + j * kc, kc, g.y + i * g.N + n0 + j, g.N,
-                                     std::min(NR, nc - j), k0 > 0);
+        kMicro[std::min(MR, m1 - i)](x, g.K, packed + j * kc, kc, g.y + i * g.N + n0 + j, g.N, std::min(NR, nc - j),
+                                     k0 > 0, j + NR >= nc ? next : nullptr);
+    }
   }
 }
 
