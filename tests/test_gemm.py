@@ -92,6 +92,13 @@ def test_repeated_calls_reuse_scratch():
         check(op(ms.Tensor(x), ms.Tensor(w)).asnumpy(), x, w)
 
 
+def test_empty_dimensions():
+    op = gemm.gemm()
+    for m, k, n in [(0, 5, 4), (3, 0, 4), (3, 5, 0)]:
+        got = op(ms.Tensor(np.ones((m, k), np.float32)), ms.Tensor(np.ones((n, k), np.float32))).asnumpy()
+        np.testing.assert_array_equal(got, np.zeros((m, n), np.float32))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_counts(threads):
     env = dict(os.environ, MINDKIT_KERNEL_THREADS=str(threads), PYTHONPATH=REPO)

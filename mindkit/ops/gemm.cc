@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 
 #include "thread_pool.h"
 #if defined(__AVX2__) && defined(__FMA__)
@@ -19,9 +18,11 @@
 namespace {
 
 constexpr int64_t MR = 6, NR = 16;
-constexpr int64_t KC = 1024, TN = 64, MIN_TILES = 8, MIN_TILE_M = 96;
+// A packed block of w, KC x TN floats at most (160 KiB), stays in L2 (512 KiB) next to the rows of x streaming through.
+constexpr int64_t KC = 640, TN = 64, MIN_TILES = 8, MIN_TILE_M = 96;
 
-int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
+int64_t round_up(int64_t n, int64_t to) { return ceil_div(n, to) * to; }
 
 struct Problem {
   const float *x, *w;
@@ -31,19 +32,13 @@ struct Problem {
   int64_t tile_m, tile_n, tiles_n;  // y is cut into tiles of tile_m x tile_n, claimed by threads
 };
 
-// Per-thread scratch for packed w, 64-byte aligned, grown on demand and kept for later calls.
-float *scratch(int64_t floats) {
+// This thread's buffer for a packed block of w (KC x TN floats), 64-byte aligned, allocated on its first tile.
+float *packed_block() {
   struct Buffer {
-    float *p = nullptr;
-    int64_t size = 0;
+    float *p = static_cast<float *>(std::aligned_alloc(64, KC * TN * sizeof(float)));
     ~Buffer() { std::free(p); }
   };
   thread_local Buffer b;
-  if (b.size < floats) {
-    std::free(b.p);
-    b.size = (floats + 15) / 16 * 16;
-    b.p = static_cast<float *>(std::aligned_alloc(64, b.size * sizeof(float)));
-  }
   return b.p;
 }
 
@@ -160,7 +155,7 @@ constexpr Micro kMicro[MR + 1] = {nullptr, micro<1>, micro<2>, micro<3>, micro<4
 // (MR x kc: stays in L1; the sweep over the last panel prefetches the next MR rows).
 void tile(const Problem &g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t nc = n1 - n0;
-  float *packed = scratch(round_up(nc, NR) * g.kc);
+  float *packed = packed_block();
   for (int64_t k0 = 0; k0 < g.K; k0 += g.kc) {
     const int64_t kc = std::min(g.kc, g.K - k0);
     pack_w(g.w + n0 * g.K + k0, g.K, nc, kc, packed);
@@ -192,15 +187,23 @@ extern "C" int Gemm(int nparam, void **params, int *ndims, int64_t **shapes, con
   Problem g{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
          static_cast<float *>(params[2]), shapes[0][0], shapes[1][0], shapes[0][1]};
   if (shapes[1][1] != g.K) return 2;
+  if (g.M == 0 || g.N == 0) return 0;
+  if (g.K == 0) {
+    std::fill(g.y, g.y + g.M * g.N, 0.f);
+    return 0;
+  }
   auto &pool = mindkit::ThreadPool::get();
-  g.kc = (g.K + (g.K + KC - 1) / KC - 1) / ((g.K + KC - 1) / KC);  // near-equal blocks of at most KC
+  g.kc = ceil_div(g.K, ceil_div(g.K, KC));  // near-equal blocks of at most KC
+  // Enough tiles for a busy core to take fewer of them: narrower tiles first (only x is read again, from cache),
+  // then M split too (each part packs w again).
+  const int64_t wanted = pool.threads() > 1 ? MIN_TILES * pool.threads() : 1;
   g.tile_n = std::min(TN, round_up(g.N, NR));
-  g.tiles_n = (g.N + g.tile_n - 1) / g.tile_n;
-  // Enough tiles for a busy core to take fewer of them: split M too when N alone gives too few.
+  while (g.tile_n > NR && ceil_div(g.N, g.tile_n) < wanted) g.tile_n -= NR;
+  g.tiles_n = ceil_div(g.N, g.tile_n);
   int64_t tiles_m = 1;
-  while (g.tiles_n * tiles_m < MIN_TILES * pool.threads() && g.M / (2 * tiles_m) >= MIN_TILE_M) tiles_m *= 2;
-  g.tile_m = round_up((g.M + tiles_m - 1) / tiles_m, MR);
-  tiles_m = (g.M + g.tile_m - 1) / g.tile_m;
+  while (g.tiles_n * tiles_m < wanted && g.M / (2 * tiles_m) >= MIN_TILE_M) tiles_m *= 2;
+  g.tile_m = round_up(ceil_div(g.M, tiles_m), MR);
+  tiles_m = ceil_div(g.M, g.tile_m);
   pool.run(tiles, &g, tiles_m * g.tiles_n, 1);
   return 0;
 }
