@@ -4,7 +4,7 @@ importable, all on the same number of threads.
 
 Each implementation runs in a child process of its own (the thread pools of MindSpore, torch and mindkit spin
 after each call and would slow each other down in one process), twice in turns, and a shape's figure is the best
-call of either turn (the machine may be shared). Each child checks its results against numpy. Prints a table,
+call of either turn (the machine may be shared: the best of a few calls is not enough). Each child checks its results against numpy. Prints a table,
 then one JSON line.
 
     python benchmarks/bench_gemm.py
@@ -30,7 +30,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="+", default=SHAPES, help="M,K,N for x (M, K) and w (N, K)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per implementation, shape and turn")
+    p.add_argument("--seconds", type=float, default=1.5,
+                   help="time spent calling each implementation per shape and turn (at least 5 calls)")
     p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)  # a child: time this one, print JSON
     return p.parse_args()
 
@@ -39,17 +40,14 @@ def shape_of(text):
     return tuple(int(v) for v in text.split(","))
 
 
-def best_time(fn, repeats, budget=15.0):
-    """Best wall time of ``fn()`` over ``repeats`` calls (fewer once they pass ``budget`` seconds), after a warm-up."""
+def best_time(fn, seconds, min_calls=5):
+    """Best wall time of ``fn()`` over calls for ``seconds`` (and at least ``min_calls``), after a warm-up."""
     fn()
-    best, spent = float("inf"), 0.0
-    for _ in range(repeats):
+    best, calls, end = float("inf"), 0, time.perf_counter() + seconds
+    while calls < min_calls or time.perf_counter() < end:
         t0 = time.perf_counter()
         fn()
-        t = time.perf_counter() - t0
-        best, spent = min(best, t), spent + t
-        if spent > budget:
-            break
+        best, calls = min(best, time.perf_counter() - t0), calls + 1
     return best
 
 
@@ -95,7 +93,7 @@ def child(args):
         err = np.abs(to_numpy(call()) - x @ w.T).max() / np.sqrt(k)
         if not err < 1e-4:
             sys.exit(f"{args.impl} {shape}: max error {err:.2e} * sqrt(K)")
-        seconds[shape] = best_time(call, args.repeats)
+        seconds[shape] = best_time(call, args.seconds)
     print(json.dumps(seconds))
 
 
@@ -108,13 +106,13 @@ def main():
     for _ in range(2):
         for name in names:
             done = subprocess.run([sys.executable, __file__, "--impl", name, "--threads", str(args.threads),
-                                   "--repeats", str(args.repeats), "--shapes", *args.shapes],
+                                   "--seconds", str(args.seconds), "--shapes", *args.shapes],
                                   capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
             for shape, t in json.loads(done.stdout.strip().splitlines()[-1]).items():
                 best[name][shape] = min(best[name][shape], t)
-    print(f"GFLOPS, {args.threads} thread(s), best of {2 * args.repeats} calls")
+    print(f"GFLOPS, {args.threads} thread(s), best call of 2 x {args.seconds} s each")
     print(f"{'M':>6} {'K':>6} {'N':>6}" + "".join(f"{name:>11}" for name in names)
           + "".join(f"{'vs ' + name:>14}" for name in names[1:]))
     rows = []
