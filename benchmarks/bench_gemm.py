@@ -3,9 +3,9 @@
 importable, all on the same number of threads.
 
 Each implementation runs in a child process of its own (the thread pools of MindSpore, torch and mindkit spin
-after each call and would slow each other down in one process), twice in turns, and a shape's figure is the best
-call of either turn (the machine may be shared: the best of a few calls is not enough). Each child checks its results against numpy. Prints a table,
-then one JSON line.
+after each call and would slow each other down in one process), twice in turns, each time calling for a while
+per shape; a shape's figure is the best call (on a shared machine the best of a few calls is rarely a quiet one).
+Each child checks its results against numpy. Prints a table, then one JSON line.
 
     python benchmarks/bench_gemm.py
     python benchmarks/bench_gemm.py --threads 1 --shapes 1024,576,960 17,576,960
