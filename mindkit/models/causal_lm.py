@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindkit.generation.mixin import GenerationMixin
-from mindkit.models.layers import (apply_rope, cast, inference_kernel, matmul_kernels, matmul_t, ms_dtype, rope_at,
+from mindkit.models.layers import (apply_rope, cast, few_rows_matmul, inference_kernel, matmul_t, ms_dtype, rope_at,
                                    rope_partners, rotate_half_matrix)
 from mindkit.ops import decode_kernels
 from mindkit.ops.int8_matmul import Int8MatMul
@@ -152,7 +152,7 @@ class CausalLM(nn.Cell, GenerationMixin):
         self.holds_head, self.pipelined = stage.last, stage.size > 1
         self.tied_head = None  # (head name, the parameter it is tied to): a checkpoint may carry the copy
         self.head_matmul = ops.MatMul(transpose_b=True)
-        self.head_kernels = matmul_kernels(config.param_init_type, config.compute_dtype)
+        self.head_few_rows = few_rows_matmul(config.param_init_type, config.compute_dtype)
         self.head_qmatmul = Int8MatMul() if quant == "int8" and stage.last else None
         self.gather = tp.all_gather()
         self.logits_handoff = Handoff(stage.size - 1, stage.rank) if stage.size > 1 else None
@@ -199,7 +199,7 @@ class CausalLM(nn.Cell, GenerationMixin):
             if self.head_qmatmul is not None:
                 logits = self.head_qmatmul(h, self.head_weight(), *self.head_scale())
             else:
-                logits = cast(matmul_t(self.head_matmul, self.head_kernels, h,
+                logits = cast(matmul_t(self.head_matmul, self.head_few_rows, h,
                                        cast(self.head_weight(), self.compute_dtype), self.training), ms.float32)
             if self.gather is not None:  # (tp * B * L, V / tp) -> (B * L, V)
                 logits = self.gather(logits).reshape(self.tp.size, B * L, -1).transpose(1, 0, 2)

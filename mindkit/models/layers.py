@@ -13,7 +13,6 @@ from mindspore.common.initializer import Normal, initializer
 
 from mindkit.errors import ConfigError
 from mindkit.ops import decode_kernels
-from mindkit.ops.gemm import gemm
 from mindkit.ops.int8_matmul import Int8MatMul, dequantize
 from mindkit.parallel.tensor_parallel import TPGroup
 
@@ -86,23 +85,15 @@ def decode_kernel(kernel, training, x):
     return inference_kernel(kernel, training, x) and x.size // x.shape[-1] <= FEW_ROWS
 
 
-def matmul_kernels(param_init_type, compute_dtype):
-    """The x @ W^T kernels for float32 weights, (few rows, many rows); else (None, None)."""
-    if param_init_type == compute_dtype == "float32":
-        return decode_kernels.matmul_t(), gemm()
-    return None, None
+def few_rows_matmul(param_init_type, compute_dtype):
+    """The decode-step x @ W^T kernel for float32 weights, else None."""
+    return decode_kernels.matmul_t() if param_init_type == compute_dtype == "float32" else None
 
 
-def matmul_t(matmul, kernels, x, w, training):
-    """x (M, K) @ w (N, K)^T. A decode step's few rows take the kernel that streams the weights once on all cores
-    (the step is bound by reading them), a prefill's many rows the cache-blocked GEMM (bound by FMAs); training and
-    other dtypes MindSpore's MatMul (see matmul_kernels)."""
-    few_rows, many_rows = kernels
-    if decode_kernel(few_rows, training, x):
-        return few_rows(x, w)
-    if inference_kernel(many_rows, training, x):
-        return many_rows(x, w)
-    return matmul(x, w)
+def matmul_t(matmul, few_rows, x, w, training):
+    """x (M, K) @ w (N, K)^T: ``few_rows`` (see few_rows_matmul) for a decode step, bound by reading the weights,
+    which it streams once on all cores; else MindSpore's MatMul."""
+    return few_rows(x, w) if decode_kernel(few_rows, training, x) else matmul(x, w)
 
 
 class Linear(nn.Cell, ParallelLayout):
@@ -136,7 +127,7 @@ class Linear(nn.Cell, ParallelLayout):
                                                 ms_dtype(param_init_type)), name="weight")
         self.compute_dtype = ms_dtype(compute_dtype)
         self.matmul = ops.MatMul(transpose_b=True)
-        self.matmul_kernels = matmul_kernels(param_init_type, compute_dtype)
+        self.few_rows_matmul = few_rows_matmul(param_init_type, compute_dtype)
         self.reduce = tp.all_reduce() if split_axis == 1 else None
 
     def param_split_axes(self):
@@ -149,7 +140,7 @@ class Linear(nn.Cell, ParallelLayout):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         if self.quant is None:
-            y = matmul_t(self.matmul, self.matmul_kernels, cast(x, self.compute_dtype),
+            y = matmul_t(self.matmul, self.few_rows_matmul, cast(x, self.compute_dtype),
                          cast(self.weight, self.compute_dtype), self.training)
         else:
             y = cast(self.qmatmul(x, self.weight, self.weight_scale, self.weight_offset), self.compute_dtype)
