@@ -129,17 +129,20 @@ def test_elementwise_kernels_on_prefill_sized_inputs():
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_few_rows_matmul_kernel(jit):
-    """Odd shapes: rows past the 2-row blocks, weight rows past the 8/4-row blocks, K past the 8-wide vectors."""
+    """Odd shapes: rows past the 2-row blocks, weight rows past the 8/4-row blocks, K past the 8-wide vectors; with
+    and without the residual added in."""
     rng = np.random.default_rng(1)
-    kernel = decode_kernels.matmul_t()
+    kernel, kernel_add = decode_kernels.matmul_t(), decode_kernels.matmul_t_add()
 
-    def run(x, w):
-        return kernel(x, w)
+    def run(x, w, r):
+        return kernel(x, w), kernel_add(x, w, r)
     run = ms.jit(run) if jit else run
     for m, n, k in [(1, 200, 64), (1, 13, 29), (2, 131, 77), (3, 70, 576), (8, 1030, 40), (16, 5, 3)]:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
-        got = run(ms.Tensor(x), ms.Tensor(w)).asnumpy()
-        np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+        r = rng.standard_normal((m, n)).astype(np.float32)
+        got, got_add = run(ms.Tensor(x), ms.Tensor(w), ms.Tensor(r))
+        np.testing.assert_allclose(got.asnumpy(), x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+        np.testing.assert_allclose(got_add.asnumpy(), r + x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
 def test_one_token_prompt_into_a_row_of_a_shared_cache():

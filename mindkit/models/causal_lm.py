@@ -73,13 +73,20 @@ class CachedAttention(nn.Cell):
 
     def construct(self, q, k, v, cos, sin, mask, cache, start):
         """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
-        RoPE. Returns (B, L, n_heads * hd)."""
+        RoPE. Or, with k and v None, q is a fused projection's (B, L, n_kv, heads per KV head + 2, hd): each KV
+        head's query heads, then its key and value. Returns (B, L, n_heads * hd)."""
         B, L = q.shape[0], q.shape[1]
         if cache.whole and inference_kernel(self.fused, self.training, q) and cache.k.dtype == ms.float32:
             start = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
-            return self.fused(q.reshape(B, L, self.n_heads, self.hd), k, v, cos.reshape(B, L, -1),
-                              sin.reshape(B, L, -1), self.partner, self.sign, cache.k, cache.v, mask.reshape(B, L, -1),
-                              start)
+            if k is None:  # the kernel reads the fused layout in place
+                k = v = q
+            else:
+                q = q.reshape(B, L, self.n_heads, self.hd)
+            return self.fused(q, k, v, cos.reshape(B, L, -1), sin.reshape(B, L, -1), self.partner, self.sign,
+                              cache.k, cache.v, mask.reshape(B, L, -1), start)
+        if k is None:
+            q, k, v = ops.split(q, [self.rep, 1, 1], axis=3)
+            k, v = k.reshape(B, L, self.n_kv, self.hd), v.reshape(B, L, self.n_kv, self.hd)
         q = apply_rope(q.reshape(B, L, self.n_heads, self.hd), cos, sin, self.rot)
         k = apply_rope(k, cos, sin, self.rot)
         k_cache, v_cache = cache.write(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), start)

@@ -57,13 +57,14 @@ class ChatGLM2SelfAttention(nn.Cell):
         self.core = CachedAttention(self.heads, self.n_kv, hd, cfg.softmax_compute_type, cfg.compute_dtype,
                                     None if equal else local, rotary_dim=hd // 2, interleaved=True)
 
-    def construct(self, x, cos, sin, mask, cache, start):
+    def construct(self, x, cos, sin, mask, cache, start, residual=None):
+        """``residual``: what the output projection adds its result to (see Linear)."""
         B, L, _ = x.shape
         qkv = self.query_key_value(x)                       # (B, L, (H + 2G) * hd): every rank's whole output
         q = qkv[:, :, self.q_cols[0]:self.q_cols[1]]
         k = qkv[:, :, self.k_cols[0]:self.k_cols[1]].reshape(B, L, self.n_kv, self.hd)
         v = qkv[:, :, self.v_cols[0]:self.v_cols[1]].reshape(B, L, self.n_kv, self.hd)
-        return self.dense(self.core(q, k, v, cos, sin, mask, cache, start))
+        return self.dense(self.core(q, k, v, cos, sin, mask, cache, start), residual)
 
 
 class ChatGLM2MLP(nn.Cell):
@@ -80,12 +81,12 @@ class ChatGLM2MLP(nn.Cell):
         self.dense_4h_to_h = Linear(full, cfg.hidden_size, split_axis=1, **lin)
         self.act = decode_kernels.silu_mul()
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         y = self.dense_h_to_4h(x)
         gate = cast(y[..., self.gate_cols[0]:self.gate_cols[1]], ms.float32)
         up = cast(y[..., self.up_cols[0]:self.up_cols[1]], ms.float32)
         act = self.act(gate, up) if inference_kernel(self.act, self.training, gate) else ops.silu(gate) * up
-        return self.dense_4h_to_h(cast(act, y.dtype))
+        return self.dense_4h_to_h(cast(act, y.dtype), residual)
 
 
 class ChatGLM2Block(nn.Cell):
@@ -97,8 +98,8 @@ class ChatGLM2Block(nn.Cell):
         self.mlp = ChatGLM2MLP(cfg, tp)
 
     def construct(self, x, cos, sin, mask, cache, start):
-        h = x + cast(self.self_attention(self.input_layernorm(x), cos, sin, mask, cache, start), x.dtype)
-        return h + cast(self.mlp(self.post_attention_layernorm(h)), x.dtype)
+        h = self.self_attention(self.input_layernorm(x), cos, sin, mask, cache, start, x)
+        return self.mlp(self.post_attention_layernorm(h), h)
 
 
 class ChatGLM2Transformer(StagedLayers):

@@ -129,6 +129,9 @@ class Linear(nn.Cell, ParallelLayout):
         self.matmul = ops.MatMul(transpose_b=True)
         self.few_rows_matmul = few_rows_matmul(param_init_type, compute_dtype)
         self.reduce = tp.all_reduce() if split_axis == 1 else None
+        # the residual added inside the product, when it is the last step (nothing reduced, biased or gathered after)
+        plain = self.few_rows_matmul is not None and quant is None and not has_bias and tp.size == 1
+        self.few_rows_matmul_add = decode_kernels.matmul_t_add() if plain else None
 
     def param_split_axes(self):
         # the group scales and offsets split with the weight; the bias follows the output rows (whole on every rank
@@ -136,9 +139,14 @@ class Linear(nn.Cell, ParallelLayout):
         axis = self.split_axis
         return {"weight": axis, "weight_scale": axis, "weight_offset": axis, "bias": 0 if axis == 0 else None}
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        """``residual`` (x's shape but ``out`` wide): returns residual + y."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        out_shape = shape[:-1] + (self.out_width,)
+        if residual is not None and decode_kernel(self.few_rows_matmul_add, self.training, x) and \
+                residual.dtype == ms.float32:
+            return self.few_rows_matmul_add(x, self.weight, residual.reshape(-1, self.out_width)).reshape(out_shape)
         if self.quant is None:
             y = matmul_t(self.matmul, self.few_rows_matmul, cast(x, self.compute_dtype),
                          cast(self.weight, self.compute_dtype), self.training)
@@ -151,7 +159,8 @@ class Linear(nn.Cell, ParallelLayout):
         if self.gather is not None:  # (tp * N, out / tp) -> (N, out)
             y = self.gather(y).reshape(self.tp.size, -1, self.out_features).transpose(1, 0, 2)
             y = y.reshape(-1, self.out_width)
-        return y.reshape(shape[:-1] + (self.out_width,))
+        y = y.reshape(out_shape)
+        return y if residual is None else residual + cast(y, residual.dtype)
 
 
 class Embedding(nn.Cell, ParallelLayout):

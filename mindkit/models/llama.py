@@ -37,15 +37,15 @@ class LlamaAttention(nn.Cell):
         self.wo = Linear(q_out, cfg.hidden_size, split_axis=1, **lin)
         self.core = CachedAttention(self.n_heads, self.n_kv, self.hd, cfg.softmax_compute_type, cfg.compute_dtype)
 
-    def construct(self, x, cos, sin, mask, cache, start):
+    def construct(self, x, cos, sin, mask, cache, start, residual=None):
+        """``residual``: what the output projection adds its result to (see Linear)."""
         B, L, _ = x.shape
         if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
-            rep = self.n_heads // self.n_kv
-            q, k, v = ops.split(self.w_qkv(x).reshape(B, L, self.n_kv, rep + 2, self.hd), [rep, 1, 1], axis=3)
-        else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            qkv = self.w_qkv(x).reshape(B, L, self.n_kv, self.n_heads // self.n_kv + 2, self.hd)
+            return self.wo(self.core(qkv, None, None, cos, sin, mask, cache, start), residual)
         kv = (B, L, self.n_kv, self.hd)
-        return self.wo(self.core(q, k.reshape(kv), v.reshape(kv), cos, sin, mask, cache, start))
+        q, k, v = self.wq(x), self.wk(x).reshape(kv), self.wv(x).reshape(kv)
+        return self.wo(self.core(q, k, v, cos, sin, mask, cache, start), residual)
 
 
 class LlamaFeedForward(nn.Cell):
@@ -67,19 +67,19 @@ class LlamaFeedForward(nn.Cell):
         self.act = decode_kernels.silu_mul() if cfg.compute_dtype == "float32" else None
         self.act_pairs = decode_kernels.silu_mul_pairs() if cfg.compute_dtype == "float32" else None
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         if self.fused:
             gu = self.w_gate_hidden(x)
             if inference_kernel(self.act_pairs, self.training, gu):
-                return self.w2(self.act_pairs(gu))
+                return self.w2(self.act_pairs(gu), residual)
             shape = x.shape[:-1] + (self.ffn,)
             gate, up = ops.split(gu.reshape(shape + (2,)), 1, axis=-1)
             gate, up = gate.reshape(shape), up.reshape(shape)
         else:
             gate, up = self.w1(x), self.w3(x)
         if inference_kernel(self.act, self.training, gate):
-            return self.w2(self.act(gate, up))
-        return self.w2(ops.silu(gate) * up)
+            return self.w2(self.act(gate, up), residual)
+        return self.w2(ops.silu(gate) * up, residual)
 
 
 class LlamaDecodeLayer(nn.Cell):
@@ -93,8 +93,8 @@ class LlamaDecodeLayer(nn.Cell):
         self.feed_forward = LlamaFeedForward(cfg, tp)
 
     def construct(self, x, cos, sin, mask, cache, start):
-        h = x + cast(self.attention(self.attention_norm(x), cos, sin, mask, cache, start), x.dtype)
-        return h + cast(self.feed_forward(self.ffn_norm(h)), x.dtype)
+        h = self.attention(self.attention_norm(x), cos, sin, mask, cache, start, x)
+        return self.feed_forward(self.ffn_norm(h), h)
 
 
 class LlamaModel(StagedLayers):

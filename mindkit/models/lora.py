@@ -39,14 +39,15 @@ class LoRALinear(Linear):
         cell.dropout = nn.Dropout(p=float(dropout)) if dropout else None
         return cell
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         y = super().construct(x)
         shape = x.shape
         h = x.reshape(-1, shape[-1]).astype(ms.float32)
         if self.dropout is not None:
             h = self.dropout(h)
         delta = ops.matmul(ops.matmul(h, self.lora_a.T), self.lora_b.T) * self.scaling
-        return y + cast(delta.reshape(shape[:-1] + (self.out_features,)), y.dtype)
+        y = y + cast(delta.reshape(shape[:-1] + (self.out_features,)), y.dtype)
+        return y if residual is None else residual + cast(y, residual.dtype)
 
 
 def _check(pet):

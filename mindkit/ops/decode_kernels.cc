@@ -110,7 +110,7 @@ inline void block_1xR(const float *x, const float *w, int64_t K, float *y) {
 #endif
 
 struct MatMulArgs {
-  const float *x, *w;
+  const float *x, *w, *residual;  // residual (M, N) or nullptr
   float *y;
   int64_t M, N, K;
 };
@@ -133,17 +133,26 @@ void matmul_rows(const void *ctx, int64_t n0, int64_t n1) {
 #endif
   for (; n < n1; ++n)
     for (int64_t m = 0; m < a.M; ++m) a.y[m * a.N + n] = dot(a.x + m * a.K, a.w + n * a.K, a.K);
+  if (a.residual)
+    for (int64_t m = 0; m < a.M; ++m)
+#pragma omp simd
+      for (int64_t i = m * a.N + n0; i < m * a.N + n1; ++i) a.y[i] += a.residual[i];
 }
 
 }  // namespace
 
-// MatMulT(x (M, K), w (N, K)) -> x @ w^T (M, N), for the small M of decode steps (weights stored (out, in)).
+// MatMulT(x (M, K), w (N, K)[, residual (M, N)]) -> x @ w^T (+ residual) (M, N), for the small M of decode steps
+// (weights stored (out, in)). The residual is the stream a block's output projection adds to: one launch, not two.
 extern "C" int MatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                        void *extra) {
-  if (nparam != 3 || ndims[0] != 2 || ndims[1] != 2 || !is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 1;
+  if (nparam != 3 && nparam != 4) return 1;
+  if (ndims[0] != 2 || ndims[1] != 2 || !is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 1;
+  const bool residual = nparam == 4;
   const MatMulArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                     static_cast<float *>(params[2]), shapes[0][0], shapes[1][0], shapes[0][1]};
+                     residual ? static_cast<const float *>(params[2]) : nullptr,
+                     static_cast<float *>(params[nparam - 1]), shapes[0][0], shapes[1][0], shapes[0][1]};
   if (shapes[1][1] != a.K) return 2;
+  if (residual && (!is_f32(dtypes[2]) || numel(ndims[2], shapes[2]) != a.M * a.N)) return 2;
   // chunks of 64 weight rows (~150 KB at K = 576): enough of them to balance two threads on a busy machine
   mindkit::ThreadPool::get().run(matmul_rows, &a, a.N, 64);
   return 0;
@@ -232,8 +241,19 @@ extern "C" int SiluMulPairs(int nparam, void **params, int *ndims, int64_t **sha
 // start .. start + L - 1: RoPE on q and k, k and v written into the caches there (in place: the caches are the
 // model's Parameters), then for token l softmax(q k^T / sqrt(hd) + mask) v over slots [0, start + l] (later slots
 // are masked anyway). Query head h reads KV group h / (H / G).
+// A fused QKV projection's output (B, L, G, H / G + 2, hd), each KV group's query heads then its key and value, may
+// be passed as q, k and v alike: it is read in place.
+
+// Where one of q, k, v holds token t's head r of KV group g (k and v: r = 0): its strides per token and per group.
+struct Heads {
+  const float *base;
+  int64_t token, group, hd;
+  const float *at(int64_t t, int64_t g, int64_t r = 0) const { return base + t * token + g * group + r * hd; }
+};
+
 struct AttentionArgs {
-  const float *q, *cos, *sin, *sign, *k_cache, *v_cache, *mask;
+  Heads q;
+  const float *cos, *sin, *sign, *k_cache, *v_cache, *mask;
   const int32_t *partner;
   float *out;
   int64_t L, H, G, S, hd, start;
@@ -251,8 +271,7 @@ static void attention_units(const void *ctx, int64_t u0, int64_t u1) {
     const float *kc = a.k_cache + (b * a.G + g) * a.S * hd, *vc = a.v_cache + (b * a.G + g) * a.S * hd;
     const float *mask = a.mask + bl * a.S;
     for (int64_t r = 0; r < rep; ++r)
-      rope(a.q + (bl * a.H + g * rep + r) * hd, a.cos + bl * hd, a.sin + bl * hd, a.partner, a.sign,
-           qr.data() + r * hd, hd);
+      rope(a.q.at(bl, g, r), a.cos + bl * hd, a.sin + bl * hd, a.partner, a.sign, qr.data() + r * hd, hd);
     for (int64_t s = 0; s < seen; ++s)
       for (int64_t r = 0; r < rep; ++r) p[r * seen + s] = dot(qr.data() + r * hd, kc + s * hd, hd) * scale + mask[s];
     for (int64_t r = 0; r < rep; ++r) {
@@ -279,26 +298,35 @@ extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **
   for (int i : {0, 1, 2, 3, 4, 6, 7, 8, 9})
     if (!is_f32(dtypes[i])) return 2;
   if (std::strcmp(dtypes[5], "int32") || std::strcmp(dtypes[10], "int32")) return 2;
-  const int64_t B = shapes[0][0], L = shapes[0][1], H = shapes[0][2], hd = shapes[0][3], G = shapes[1][2];
-  const int64_t S = shapes[7][2], start = *static_cast<const int32_t *>(params[10]);
-  if (H % G || shapes[7][0] != B || shapes[7][1] != G || shapes[7][3] != hd || shapes[9][2] != S) return 3;
+  const float *q = static_cast<const float *>(params[0]), *k = static_cast<const float *>(params[1]);
+  const float *v = static_cast<const float *>(params[2]);
+  const bool grouped = ndims[0] == 5;
+  const int64_t B = shapes[0][0], L = shapes[0][1], hd = shapes[0][ndims[0] - 1];
+  const int64_t G = grouped ? shapes[0][2] : shapes[1][2], rep = grouped ? shapes[0][3] - 2 : shapes[0][2] / G;
+  const int64_t H = G * rep, S = shapes[7][2], start = *static_cast<const int32_t *>(params[10]);
+  if (rep < 1 || (!grouped && shapes[0][2] != H) || shapes[7][0] != B || shapes[7][1] != G || shapes[7][3] != hd ||
+      shapes[9][2] != S)
+    return 3;
   if (start < 0 || start + L > S) return 4;
-  const float *k = static_cast<const float *>(params[1]), *v = static_cast<const float *>(params[2]);
-  const AttentionArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[3]),
-                        static_cast<const float *>(params[4]), static_cast<const float *>(params[6]),
-                        static_cast<float *>(params[7]), static_cast<float *>(params[8]),
-                        static_cast<const float *>(params[9]), static_cast<const int32_t *>(params[5]),
-                        static_cast<float *>(params[11]), L, H, G, S, hd, start};
+  const int64_t group = (rep + 2) * hd, token = G * group;  // the grouped layout's strides
+  const Heads qh = grouped ? Heads{q, token, group, hd} : Heads{q, H * hd, rep * hd, hd};
+  const Heads kh = grouped ? Heads{q + rep * hd, token, group, hd} : Heads{k, G * hd, hd, hd};
+  const Heads vh = grouped ? Heads{q + (rep + 1) * hd, token, group, hd} : Heads{v, G * hd, hd, hd};
+  const AttentionArgs a{qh, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
+                        static_cast<const float *>(params[6]), static_cast<float *>(params[7]),
+                        static_cast<float *>(params[8]), static_cast<const float *>(params[9]),
+                        static_cast<const int32_t *>(params[5]), static_cast<float *>(params[11]),
+                        L, H, G, S, hd, start};
   float *k_cache = static_cast<float *>(params[7]), *v_cache = static_cast<float *>(params[8]);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t l = 0; l < L; ++l)
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t row = ((b * G + g) * S + start + l) * hd, src = ((b * L + l) * G + g) * hd;
-        rope(k + src, a.cos + (b * L + l) * hd, a.sin + (b * L + l) * hd, a.partner, a.sign, k_cache + row, hd);
-        std::memcpy(v_cache + row, v + src, hd * sizeof(float));
+        const int64_t row = ((b * G + g) * S + start + l) * hd, t = b * L + l;
+        rope(kh.at(t, g), a.cos + t * hd, a.sin + t * hd, a.partner, a.sign, k_cache + row, hd);
+        std::memcpy(v_cache + row, vh.at(t, g), hd * sizeof(float));
       }
   // a unit reads up to start + L cached rows for each of its H / G heads: enough units per chunk to be worth a thread
-  const int64_t unit = (start + L) * hd * (H / G);
+  const int64_t unit = (start + L) * hd * rep;
   mindkit::ThreadPool::get().run(attention_units, &a, B * G * L, std::max<int64_t>(1, 4 * kChunk / unit));
   return 0;
 }

@@ -21,6 +21,11 @@ def matmul_t():
     return _op("MatMulT", lambda x, w: [x[0], w[0]])
 
 
+def matmul_t_add():
+    """(x (M, K), w (N, K), residual (M, N)) -> residual + x @ w^T."""
+    return _op("MatMulT", lambda x, w, residual: [x[0], w[0]])
+
+
 def rms_norm():
     """(x (..., D), weight (D,), eps (1,)) -> (..., D)."""
     return _op("RmsNorm", lambda x, w, eps: x)
@@ -39,8 +44,11 @@ def silu_mul_pairs():
 def cached_attention():
     """(q (B, L, H, hd), k (B, L, G, hd), v (B, L, G, hd), cos (B, L, hd), sin (B, L, hd), partner (hd,) int32,
     sign (hd,), k_cache (B, G, S, hd), v_cache, mask (B, L, S), start () int32) -> (B, L, H * hd); writes the new
-    tokens' keys and values into the caches from slot ``start`` on."""
-    return _op("CachedAttention", lambda q, *rest: [q[0], q[1], q[2] * q[3]])
+    tokens' keys and values into the caches from slot ``start`` on. A fused projection's (B, L, G, H / G + 2, hd)
+    may be passed as q, k and v."""
+    def out_shape(q, *rest):
+        return [q[0], q[1], q[2] * (q[3] - 2) * q[4] if len(q) == 5 else q[2] * q[3]]
+    return _op("CachedAttention", out_shape)
 
 
 if __name__ == "__main__":
