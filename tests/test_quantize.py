@@ -232,6 +232,10 @@ def test_kernel_equals_mindspore_reference(jit):
         got, want = run(x, w, s, o).asnumpy(), reference(x, w, s, o).asnumpy()
         assert got.shape == (m, n)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        r = ms.Tensor(rng.standard_normal((m, n)).astype(np.float32))   # a residual added in the same launch
+        got, want = run(x, w, s, o, r).asnumpy(), reference(x, w, s, o, r).asnumpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_allclose(want, reference(x, w, s, o).asnumpy() + r.asnumpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_quant_config_accepts_only_int8_and_groups_that_divide_the_widths():

@@ -129,9 +129,9 @@ class Linear(nn.Cell, ParallelLayout):
         self.matmul = ops.MatMul(transpose_b=True)
         self.few_rows_matmul = few_rows_matmul(param_init_type, compute_dtype)
         self.reduce = tp.all_reduce() if split_axis == 1 else None
-        # the residual added inside the product, when it is the last step (nothing reduced, biased or gathered after)
-        plain = self.few_rows_matmul is not None and quant is None and not has_bias and tp.size == 1
-        self.few_rows_matmul_add = decode_kernels.matmul_t_add() if plain else None
+        # the residual is added inside the product when that is the last step (nothing reduced, biased or gathered)
+        self.add_inside = tp.size == 1 and not has_bias and compute_dtype == "float32"
+        self.few_rows_matmul_add = decode_kernels.matmul_t_add() if self.few_rows_matmul is not None else None
 
     def param_split_axes(self):
         # the group scales and offsets split with the weight; the bias follows the output rows (whole on every rank
@@ -144,8 +144,11 @@ class Linear(nn.Cell, ParallelLayout):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         out_shape = shape[:-1] + (self.out_width,)
-        if residual is not None and decode_kernel(self.few_rows_matmul_add, self.training, x) and \
-                residual.dtype == ms.float32:
+        inside = residual is not None and self.add_inside and residual.dtype == ms.float32 and not self.training
+        if inside and self.quant is not None:
+            return self.qmatmul(x, self.weight, self.weight_scale, self.weight_offset,
+                                residual.reshape(-1, self.out_width)).reshape(out_shape)
+        if inside and decode_kernel(self.few_rows_matmul_add, self.training, x):
             return self.few_rows_matmul_add(x, self.weight, residual.reshape(-1, self.out_width)).reshape(out_shape)
         if self.quant is None:
             y = matmul_t(self.matmul, self.few_rows_matmul, cast(x, self.compute_dtype),

@@ -307,9 +307,11 @@ void matmul(const Problem &p) {
 
 }  // namespace
 
+// Int8MatMul(x, w, scale, offset[, residual (M, N)]) -> x @ dequantized(w)^T (+ residual): the residual is the
+// stream a block's output projection adds to, in the same launch.
 extern "C" int Int8MatMul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                           void *extra) {
-  if (nparam != 5 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 2 || ndims[3] != 2) return 1;
+  if ((nparam != 5 && nparam != 6) || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 2 || ndims[3] != 2) return 1;
   if (std::strcmp(dtypes[0], "float32") || std::strcmp(dtypes[1], "int8") || std::strcmp(dtypes[2], "float32") ||
       std::strcmp(dtypes[3], "float32"))
     return 2;
@@ -317,11 +319,20 @@ extern "C" int Int8MatMul(int nparam, void **params, int *ndims, int64_t **shape
             static_cast<const int8_t *>(params[1]),
             static_cast<const float *>(params[2]),
             static_cast<const float *>(params[3]),
-            static_cast<float *>(params[4]),
+            static_cast<float *>(params[nparam - 1]),
             shapes[0][0], shapes[1][0], shapes[0][1], shapes[2][1], 0};
   if (shapes[1][1] != p.K || shapes[2][0] != p.N || shapes[3][0] != p.N || shapes[3][1] != p.G) return 3;
   if (p.G <= 0 || p.K % p.G || (p.K / p.G) % 8) return 4;
+  const bool residual = nparam == 6;
+  if (residual && (std::strcmp(dtypes[4], "float32") || ndims[4] != 2 || shapes[4][0] * shapes[4][1] != p.M * p.N))
+    return 3;
   p.g = p.K / p.G;
   matmul(p);
+  if (residual) {
+    const float *r = static_cast<const float *>(params[4]);
+    float *y = p.y;
+#pragma omp simd
+    for (int64_t i = 0; i < p.M * p.N; ++i) y[i] += r[i];
+  }
   return 0;
 }

@@ -33,21 +33,26 @@ def dequantize(w, scale, offset):
 
 
 class Int8MatMul(nn.Cell):
-    """(x (M, K) float, w (N, K) int8, scale and offset (N, K / group) float32) -> (M, N) float32. The kernel needs
-    a group size that is a multiple of 8 (LlamaConfig's quant_group_size is); the plain path takes any."""
+    """(x (M, K) float, w (N, K) int8, scale and offset (N, K / group) float32[, residual (M, N) float32]) -> (M, N)
+    float32 (+ residual, added in the kernel's launch). The kernel needs a group size that is a multiple of 8
+    (LlamaConfig's quant_group_size is); the plain path takes any."""
 
     def __init__(self, use_kernel=True):
         super().__init__()
         lib = kernel_library() if use_kernel else None
-        self.kernel = None if lib is None else custom_op(lib, SYMBOL, lambda x, w, s, o: (x[0], w[0]),
-                                                         lambda x, w, s, o: ms.float32)
+        out_shape, out_dtype = (lambda x, w, *rest: (x[0], w[0])), (lambda *dtypes: ms.float32)
+        self.kernel = None if lib is None else custom_op(lib, SYMBOL, out_shape, out_dtype)
+        self.kernel_add = None if lib is None else custom_op(lib, SYMBOL, out_shape, out_dtype)
         self.matmul = ops.MatMul(transpose_b=True)
 
-    def construct(self, x, w, scale, offset):
+    def construct(self, x, w, scale, offset, residual=None):
         x = x if x.dtype == ms.float32 else x.astype(ms.float32)
         if self.kernel is not None:
-            return self.kernel(x, w, scale, offset)
-        return self.matmul(x, dequantize(w, scale, offset))
+            if residual is None:
+                return self.kernel(x, w, scale, offset)
+            return self.kernel_add(x, w, scale, offset, residual)
+        y = self.matmul(x, dequantize(w, scale, offset))
+        return y if residual is None else residual + y
 
 
 if __name__ == "__main__":
