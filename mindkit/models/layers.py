@@ -13,7 +13,6 @@ from mindspore.common.initializer import Normal, initializer
 
 from mindkit.errors import ConfigError
 from mindkit.ops import decode_kernels
-from mindkit.ops.decode_kernels import FEW_ROWS
 from mindkit.ops.int8_matmul import Int8MatMul, dequantize
 from mindkit.parallel.tensor_parallel import TPGroup
 
@@ -69,6 +68,9 @@ def int8_params(shape, group_size):
     return (Parameter(initializer("zeros", shape, ms.int8), requires_grad=False),
             Parameter(initializer("ones", groups, ms.float32), requires_grad=False),
             Parameter(initializer("zeros", groups, ms.float32), requires_grad=False))
+
+
+FEW_ROWS = 16  # a decode step's rows (its batch): what the few-row kernels of mindkit.ops.decode_kernels are for
 
 
 def inference_kernel(kernel, training, x):

@@ -9,7 +9,6 @@ import mindspore as ms
 from mindkit.ops.aot import custom_op, library
 
 SOURCE = "decode_kernels.cc"
-FEW_ROWS = 16  # a decode step's rows (its batch): what the few-row kernels (here and mindkit.ops.int8_matmul) are for
 
 
 def _op(symbol, out_shape):

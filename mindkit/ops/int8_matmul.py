@@ -6,8 +6,6 @@ writes 5x the bytes of W and is slower than keeping W in float32. On an x86 CPU 
 (int8_matmul.cc, a Custom "aot" op, usable op by op and inside ``mindspore.jit``) reads W as int8 and converts it in
 registers, sharing large calls with one helper thread (``MINDKIT_KERNEL_THREADS=1``: the calling thread only; the
 file's header says how a busy second core is kept from stalling calls). It is built on first use by mindkit.ops.aot.
-It serves a decode step's few rows; a prefill's many rows dequantize W once and run on MindSpore's MatMul, which is
-faster once the cast is shared by hundreds of rows (SmolLM2 prefill of 8 x 128 tokens: ~3 s instead of ~5 s).
 Without g++, AVX2/FMA or a CPU target, or with ``MINDKIT_INT8_KERNEL=0`` (or ``MINDKIT_KERNELS=0``), the plain
 MindSpore path runs instead (same result up to float rounding).
 """
@@ -17,7 +15,6 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from mindkit.ops.aot import custom_op, library
-from mindkit.ops.decode_kernels import FEW_ROWS
 
 SYMBOL = "Int8MatMul"
 
@@ -50,7 +47,7 @@ class Int8MatMul(nn.Cell):
 
     def construct(self, x, w, scale, offset, residual=None):
         x = x if x.dtype == ms.float32 else x.astype(ms.float32)
-        if self.kernel is not None and x.shape[0] <= FEW_ROWS:  # more rows (prefill) amortize dequantizing w
+        if self.kernel is not None:
             if residual is None:
                 return self.kernel(x, w, scale, offset)
             return self.kernel_add(x, w, scale, offset, residual)
