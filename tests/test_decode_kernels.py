@@ -107,7 +107,7 @@ def test_rms_norm_kernel_and_training_path():
 
 
 def test_elementwise_kernels_on_prefill_sized_inputs():
-    """Thousands of rows, split over threads, odd widths past the 8-wide vectors, and gates far into exp's
+    """Hundreds of rows, split over threads, odd widths past the 8-wide vectors, and gates far into exp's
     over- and underflow, against float64."""
     rng = np.random.default_rng(2)
     for rows, width in [(700, 1536), (33, 13)]:
