@@ -131,7 +131,6 @@ class Linear(nn.Cell, ParallelLayout):
         self.reduce = tp.all_reduce() if split_axis == 1 else None
         # the residual is added inside the product when that is the last step (nothing reduced, biased or gathered)
         self.add_inside = tp.size == 1 and not has_bias and compute_dtype == "float32"
-        self.few_rows_matmul_add = decode_kernels.matmul_t_add() if self.few_rows_matmul is not None else None
 
     def param_split_axes(self):
         # the group scales and offsets split with the weight; the bias follows the output rows (whole on every rank
@@ -148,8 +147,8 @@ class Linear(nn.Cell, ParallelLayout):
         if inside and self.quant is not None:
             return self.qmatmul(x, self.weight, self.weight_scale, self.weight_offset,
                                 residual.reshape(-1, self.out_width)).reshape(out_shape)
-        if inside and decode_kernel(self.few_rows_matmul_add, self.training, x):
-            return self.few_rows_matmul_add(x, self.weight, residual.reshape(-1, self.out_width)).reshape(out_shape)
+        if inside and decode_kernel(self.few_rows_matmul, self.training, x):
+            return self.few_rows_matmul(x, self.weight, residual.reshape(-1, self.out_width)).reshape(out_shape)
         if self.quant is None:
             y = matmul_t(self.matmul, self.few_rows_matmul, cast(x, self.compute_dtype),
                          cast(self.weight, self.compute_dtype), self.training)

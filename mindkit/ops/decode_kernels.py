@@ -17,13 +17,9 @@ def _op(symbol, out_shape):
 
 
 def matmul_t():
-    """(x (M, K), w (N, K)) -> x @ w^T (M, N), threaded over N; for the few rows of a decode step."""
-    return _op("MatMulT", lambda x, w: [x[0], w[0]])
-
-
-def matmul_t_add():
-    """(x (M, K), w (N, K), residual (M, N)) -> residual + x @ w^T."""
-    return _op("MatMulT", lambda x, w, residual: [x[0], w[0]])
+    """(x (M, K), w (N, K)[, residual (M, N)]) -> x @ w^T (+ residual) (M, N), threaded over N; for the few rows of
+    a decode step."""
+    return _op("MatMulT", lambda x, w, *residual: [x[0], w[0]])
 
 
 def rms_norm():

@@ -42,15 +42,12 @@ class Int8MatMul(nn.Cell):
         lib = kernel_library() if use_kernel else None
         out_shape, out_dtype = (lambda x, w, *rest: (x[0], w[0])), (lambda *dtypes: ms.float32)
         self.kernel = None if lib is None else custom_op(lib, SYMBOL, out_shape, out_dtype)
-        self.kernel_add = None if lib is None else custom_op(lib, SYMBOL, out_shape, out_dtype)
         self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x, w, scale, offset, residual=None):
         x = x if x.dtype == ms.float32 else x.astype(ms.float32)
         if self.kernel is not None:
-            if residual is None:
-                return self.kernel(x, w, scale, offset)
-            return self.kernel_add(x, w, scale, offset, residual)
+            return self.kernel(x, w, scale, offset) if residual is None else self.kernel(x, w, scale, offset, residual)
         y = self.matmul(x, dequantize(w, scale, offset))
         return y if residual is None else residual + y
 
