@@ -13,7 +13,7 @@ from mindkit.config import load_yaml
 from mindkit.generation.model_runner import ModelRunner
 from mindkit.models import ChatGLM2Config, ChatGLM2ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
 from mindkit.models.causal_lm import CachedAttention
-from mindkit.models.layers import FEW_ROWS, RMSNorm
+from mindkit.models.layers import FEW_ROWS, Linear, RMSNorm, SwiGLU
 from mindkit.ops import aot, decode_kernels
 
 pytestmark = pytest.mark.skipif(aot.library(decode_kernels.SOURCE) is None, reason="kernels cannot be built here")
@@ -143,6 +143,81 @@ def test_few_rows_matmul_kernel(jit):
         got, got_add = run(ms.Tensor(x), ms.Tensor(w), ms.Tensor(r))
         np.testing.assert_allclose(got.asnumpy(), x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
         np.testing.assert_allclose(got_add.asnumpy(), r + x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_few_rows_matmul_kernels_with_a_prologue(jit):
+    """RMSNorm, or SwiGLU of interleaved (gate, up) pairs, then the product, with and without the residual; the
+    same odd shapes."""
+    rng = np.random.default_rng(4)
+    norm_mm, silu_mm = decode_kernels.norm_matmul_t(), decode_kernels.silu_matmul_t()
+
+    def run(x, g, eps, w, gu, r):
+        return norm_mm(x, g, eps, w), norm_mm(x, g, eps, w, r), silu_mm(gu, w), silu_mm(gu, w, r)
+    run = ms.jit(run) if jit else run
+    for m, n, k in [(1, 200, 64), (1, 13, 29), (2, 131, 77), (3, 70, 576), (16, 5, 3)]:
+        x, g = rng.standard_normal((m, k)) * 3, rng.standard_normal(k)
+        w, r = rng.standard_normal((n, k)), rng.standard_normal((m, n))
+        gate, up = rng.standard_normal((m, k)) * 4, rng.standard_normal((m, k))
+        gu = np.stack([gate, up], -1).reshape(m, 2 * k)
+        got = run(*(ms.Tensor(a, ms.float32) for a in (x, g, [1e-6], w, gu, r)))
+        normed = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * g
+        act = gate / (1 + np.exp(-gate)) * up
+        for out, want in zip(got, [normed @ w.T, r + normed @ w.T, act @ w.T, r + act @ w.T]):
+            np.testing.assert_allclose(out.asnumpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+def kernel_calls(model):
+    """Counts the launches of the decoder layers' kernels (eager), by cell type and kernel attribute; attention
+    that carries the output projection counts as "CachedAttention+wo"."""
+    calls = {}
+
+    def counted(name, kernel):
+        def call(*args):
+            key = name + ("+wo" if name == "CachedAttention.fused" and len(args) == 13 else "")
+            calls[key] = calls.get(key, 0) + 1
+            return kernel(*args)
+        return call
+    for _, cell in model.model.layers.cells_and_names():
+        kinds = {RMSNorm: ("fused", "fold"), SwiGLU: ("fused", "fold"), CachedAttention: ("fused",),
+                 Linear: ("few_rows_matmul",)}
+        for attr in kinds.get(type(cell), ()):
+            if getattr(cell, attr) is not None:
+                setattr(cell, attr, counted(f"{type(cell).__name__}.{attr}", getattr(cell, attr)))
+    return calls
+
+
+def test_a_fused_llama_decode_step_is_four_kernels_a_layer():
+    """Norm into QKV, attention with its output projection and residual, norm into gate/up, SwiGLU into w2: four
+    launches a layer and nothing else, against the same logits as the plain ops (test_kernels_equal_plain_ops)."""
+    counts = []
+    for new_tokens in (1, 2):
+        model = build("llama", True, qkv_concat=True)
+        calls = kernel_calls(model)
+        steps(model, compiled=False, new_tokens=new_tokens, prompts=[PROMPTS[0] * 3])  # a prefill past FEW_ROWS
+        counts.append(calls)
+    step = {k: counts[1][k] - counts[0].get(k, 0) for k in counts[1] if counts[1][k] != counts[0].get(k, 0)}
+    layers = model.config.num_layers
+    assert step == {"RMSNorm.fold": 2 * layers, "CachedAttention.fused+wo": layers, "SwiGLU.fold": layers}
+
+
+def test_lora_adapters_are_never_folded_away():
+    """A LoRA-adapted projection keeps its adapter in a decode step: the same logits as its merged weights."""
+    from mindkit.models.lora import apply_lora, merge_lora
+    tuned = build("llama", True, qkv_concat=True)
+    apply_lora(tuned, {"pet_type": "lora", "lora_rank": 2, "lora_alpha": 4,
+                       "target_modules": [".*w_qkv", ".*wo", ".*w_gate_hidden", ".*w2"]})
+    rng = np.random.default_rng(5)
+    for p in tuned.get_parameters():
+        if p.name.endswith("lora_b"):
+            p.set_data(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.5))
+    tuned.set_train(False)
+    merged = build("llama", True, qkv_concat=True)
+    state = merge_lora({p.name: p.asnumpy() for p in tuned.get_parameters()}, alpha=4, rank=2)
+    for p in merged.get_parameters():
+        p.set_data(ms.Tensor(state[p.name]))
+    (got, _), (want, _) = steps(tuned, compiled=True), steps(merged, compiled=True)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_one_token_prompt_into_a_row_of_a_shared_cache():

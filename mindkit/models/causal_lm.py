@@ -71,10 +71,11 @@ class CachedAttention(nn.Cell):
         float32 = softmax_dtype == compute_dtype == "float32"
         self.fused = decode_kernels.cached_attention() if float32 and kv_of_head is None else None
 
-    def construct(self, q, k, v, cos, sin, mask, cache, start):
+    def construct(self, q, k, v, cos, sin, mask, cache, start, out=None, residual=None):
         """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
         RoPE. Or, with k and v None, q is a fused projection's (B, L, n_kv, heads per KV head + 2, hd): each KV
-        head's query heads, then its key and value. Returns (B, L, n_heads * hd)."""
+        head's query heads, then its key and value. Returns (B, L, n_heads * hd), or with ``out`` (the output
+        projection, a Linear) ``out(attention, residual)``: in a decode step one kernel (see Linear.folds)."""
         B, L = q.shape[0], q.shape[1]
         if cache.whole and inference_kernel(self.fused, self.training, q) and cache.k.dtype == ms.float32:
             start = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
@@ -82,8 +83,18 @@ class CachedAttention(nn.Cell):
                 k = v = q
             else:
                 q = q.reshape(B, L, self.n_heads, self.hd)
-            return self.fused(q, k, v, cos.reshape(B, L, -1), sin.reshape(B, L, -1), self.partner, self.sign,
-                              cache.k, cache.v, mask.reshape(B, L, -1), start)
+            args = (q, k, v, cos.reshape(B, L, -1), sin.reshape(B, L, -1), self.partner, self.sign, cache.k, cache.v,
+                    mask.reshape(B, L, -1), start)
+            if out is not None and residual is not None and out.folds(B * L):
+                return self.fused(*args, out.weight, residual)
+            y = self.fused(*args)
+        else:
+            y = self.plain(q, k, v, cos, sin, mask, cache, start)
+        return y if out is None else out(y, residual)
+
+    def plain(self, q, k, v, cos, sin, mask, cache, start):
+        """The same attention in MindSpore ops (training, other dtypes, a cache view, no kernel)."""
+        B, L = q.shape[0], q.shape[1]
         if k is None:
             q, k, v = ops.split(q, [self.rep, 1, 1], axis=3)
             k, v = k.reshape(B, L, self.n_kv, self.hd), v.reshape(B, L, self.n_kv, self.hd)

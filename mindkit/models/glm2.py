@@ -64,7 +64,7 @@ class ChatGLM2SelfAttention(nn.Cell):
         q = qkv[:, :, self.q_cols[0]:self.q_cols[1]]
         k = qkv[:, :, self.k_cols[0]:self.k_cols[1]].reshape(B, L, self.n_kv, self.hd)
         v = qkv[:, :, self.v_cols[0]:self.v_cols[1]].reshape(B, L, self.n_kv, self.hd)
-        return self.dense(self.core(q, k, v, cos, sin, mask, cache, start), residual)
+        return self.core(q, k, v, cos, sin, mask, cache, start, self.dense, residual)
 
 
 class ChatGLM2MLP(nn.Cell):

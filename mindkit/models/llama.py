@@ -8,7 +8,8 @@ from mindspore import nn, ops
 
 from mindkit.checkpoint.fused import match_layout
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
-from mindkit.models.layers import Embedding, Linear, RMSNorm, cast, inference_kernel, ms_dtype, rope_tables
+from mindkit.models.layers import (Embedding, Linear, RMSNorm, SwiGLU, cast, inference_kernel, ms_dtype,
+                                   rope_tables)
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
@@ -37,15 +38,18 @@ class LlamaAttention(nn.Cell):
         self.wo = Linear(q_out, cfg.hidden_size, split_axis=1, **lin)
         self.core = CachedAttention(self.n_heads, self.n_kv, self.hd, cfg.softmax_compute_type, cfg.compute_dtype)
 
-    def construct(self, x, cos, sin, mask, cache, start, residual=None):
-        """``residual``: what the output projection adds its result to (see Linear)."""
+    def construct(self, x, cos, sin, mask, cache, start, norm=None, residual=None):
+        """``norm``: the RMSNorm applied to x first; ``residual``: what the output projection adds its result to (see
+        Linear). In a decode step the norm folds into the QKV projection and the output projection into attention."""
         B, L, _ = x.shape
         if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
-            qkv = self.w_qkv(x).reshape(B, L, self.n_kv, self.n_heads // self.n_kv + 2, self.hd)
-            return self.wo(self.core(qkv, None, None, cos, sin, mask, cache, start), residual)
+            qkv = self.w_qkv(x, prologue=norm).reshape(B, L, self.n_kv, self.n_heads // self.n_kv + 2, self.hd)
+            return self.core(qkv, None, None, cos, sin, mask, cache, start, self.wo, residual)
+        if norm is not None:
+            x = norm(x)
         kv = (B, L, self.n_kv, self.hd)
         q, k, v = self.wq(x), self.wk(x).reshape(kv), self.wv(x).reshape(kv)
-        return self.wo(self.core(q, k, v, cos, sin, mask, cache, start), residual)
+        return self.core(q, k, v, cos, sin, mask, cache, start, self.wo, residual)
 
 
 class LlamaFeedForward(nn.Cell):
@@ -53,7 +57,7 @@ class LlamaFeedForward(nn.Cell):
 
     def __init__(self, cfg: LlamaConfig, tp=TPGroup()):
         super().__init__()
-        self.ffn = tp.local(cfg.ffn_hidden_size, "the FFN width")
+        tp.local(cfg.ffn_hidden_size, "the FFN width")
         self.fused = cfg.qkv_concat
         lin = dict(param_init_type=cfg.param_init_type, compute_dtype=cfg.compute_dtype, tp=tp, quant=cfg.quant_weight,
                    group_size=cfg.quant_group_size)
@@ -65,18 +69,16 @@ class LlamaFeedForward(nn.Cell):
             self.w3 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
         self.w2 = Linear(full, cfg.hidden_size, split_axis=1, **lin)
         self.act = decode_kernels.silu_mul() if cfg.compute_dtype == "float32" else None
-        self.act_pairs = decode_kernels.silu_mul_pairs() if cfg.compute_dtype == "float32" else None
+        self.swiglu = SwiGLU(cfg.compute_dtype == "float32")
 
-    def construct(self, x, residual=None):
+    def construct(self, x, norm=None, residual=None):
+        """``norm``: the RMSNorm applied to x first; ``residual``: what w2 adds its result to (see Linear). In a
+        decode step the norm folds into the gate/up projection and SwiGLU into w2."""
         if self.fused:
-            gu = self.w_gate_hidden(x)
-            if inference_kernel(self.act_pairs, self.training, gu):
-                return self.w2(self.act_pairs(gu), residual)
-            shape = x.shape[:-1] + (self.ffn,)
-            gate, up = ops.split(gu.reshape(shape + (2,)), 1, axis=-1)
-            gate, up = gate.reshape(shape), up.reshape(shape)
-        else:
-            gate, up = self.w1(x), self.w3(x)
+            return self.w2(self.w_gate_hidden(x, prologue=norm), residual, prologue=self.swiglu)
+        if norm is not None:
+            x = norm(x)
+        gate, up = self.w1(x), self.w3(x)
         if inference_kernel(self.act, self.training, gate):
             return self.w2(self.act(gate, up), residual)
         return self.w2(ops.silu(gate) * up, residual)
@@ -93,8 +95,8 @@ class LlamaDecodeLayer(nn.Cell):
         self.feed_forward = LlamaFeedForward(cfg, tp)
 
     def construct(self, x, cos, sin, mask, cache, start):
-        h = self.attention(self.attention_norm(x), cos, sin, mask, cache, start, x)
-        return self.feed_forward(self.ffn_norm(h), h)
+        h = self.attention(x, cos, sin, mask, cache, start, self.attention_norm, x)
+        return self.feed_forward(h, self.ffn_norm, h)
 
 
 class LlamaModel(StagedLayers):

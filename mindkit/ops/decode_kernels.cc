@@ -139,22 +139,53 @@ void matmul_rows(const void *ctx, int64_t n0, int64_t n1) {
       for (int64_t i = m * a.N + n0; i < m * a.N + n1; ++i) a.y[i] += a.residual[i];
 }
 
+// y (M, N) = x (M, K) @ w (N, K)^T (+ residual (M, N), or nullptr) on every core.
+void matmul(const float *x, const float *w, const float *residual, float *y, int64_t M, int64_t N, int64_t K) {
+  const MatMulArgs a{x, w, residual, y, M, N, K};
+  // chunks of 64 weight rows (~150 KB at K = 576): enough of them to balance two threads on a busy machine
+  mindkit::ThreadPool::get().run(matmul_rows, &a, N, 64);
+}
+
+// A buffer of n floats for what a kernel computes before its product (a normalized or activated input, attention's
+// output), per launching thread: a decode step's few rows, reused from launch to launch.
+float *scratch(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+// The product's operands after ``first`` inputs the caller checked: w (N, K) and, with one more input than the
+// kernel's own, residual (M, N); x's M rows of K floats are the caller's. Null when they do not fit.
+struct Product {
+  const float *w, *residual;
+  int64_t N;
+};
+
+Product product_args(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int first,
+                     int64_t M, int64_t K) {
+  const bool residual = nparam == first + 3;
+  if ((nparam != first + 2 && !residual) || ndims[first] != 2 || !is_f32(dtypes[first]) || shapes[first][1] != K)
+    return {nullptr, nullptr, 0};
+  const int64_t N = shapes[first][0];
+  if (residual && (!is_f32(dtypes[first + 1]) || numel(ndims[first + 1], shapes[first + 1]) != M * N))
+    return {nullptr, nullptr, 0};
+  return {static_cast<const float *>(params[first]),
+          residual ? static_cast<const float *>(params[first + 1]) : nullptr, N};
+}
+
 }  // namespace
 
-// MatMulT(x (M, K), w (N, K)[, residual (M, N)]) -> x @ w^T (+ residual) (M, N), for the small M of decode steps
-// (weights stored (out, in)). The residual is the stream a block's output projection adds to: one launch, not two.
+// The few-row products of a decode step (weights stored (out, in)), each with what comes before or after it in a
+// block folded in, so a step launches fewer kernels: the residual a block's output projection adds to, the RMSNorm
+// before a block's first projection, the SwiGLU before the FFN's down projection.
+// MatMulT(x (M, K), w (N, K)[, residual (M, N)]) -> x @ w^T (+ residual) (M, N)
 extern "C" int MatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                        void *extra) {
-  if (nparam != 3 && nparam != 4) return 1;
-  if (ndims[0] != 2 || ndims[1] != 2 || !is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 1;
-  const bool residual = nparam == 4;
-  const MatMulArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                     residual ? static_cast<const float *>(params[2]) : nullptr,
-                     static_cast<float *>(params[nparam - 1]), shapes[0][0], shapes[1][0], shapes[0][1]};
-  if (shapes[1][1] != a.K) return 2;
-  if (residual && (!is_f32(dtypes[2]) || numel(ndims[2], shapes[2]) != a.M * a.N)) return 2;
-  // chunks of 64 weight rows (~150 KB at K = 576): enough of them to balance two threads on a busy machine
-  mindkit::ThreadPool::get().run(matmul_rows, &a, a.N, 64);
+  if (nparam < 3 || ndims[0] != 2 || !is_f32(dtypes[0])) return 1;
+  const int64_t M = shapes[0][0], K = shapes[0][1];
+  const Product p = product_args(nparam, params, ndims, shapes, dtypes, 1, M, K);
+  if (!p.w) return 2;
+  matmul(static_cast<const float *>(params[0]), p.w, p.residual, static_cast<float *>(params[nparam - 1]), M, p.N, K);
   return 0;
 }
 
@@ -184,6 +215,20 @@ extern "C" int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, 
   const RmsNormArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                       *static_cast<const float *>(params[2]), static_cast<float *>(params[3]), D};
   mindkit::ThreadPool::get().run(rms_norm_rows, &a, rows, rows_per_chunk(D));
+  return 0;
+}
+
+// NormMatMulT(x (M, K), weight (K,), eps (1,), w (N, K)[, residual (M, N)]) -> RmsNorm(x) @ w^T (+ residual)
+extern "C" int NormMatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                           void *stream, void *extra) {
+  if (nparam < 5 || ndims[0] != 2 || !is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[2])) return 1;
+  const int64_t M = shapes[0][0], K = shapes[0][1];
+  const Product p = product_args(nparam, params, ndims, shapes, dtypes, 3, M, K);
+  if (!p.w || shapes[1][0] != K) return 2;
+  const RmsNormArgs norm{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                         *static_cast<const float *>(params[2]), scratch(M * K), K};
+  rms_norm_rows(&norm, 0, M);
+  matmul(norm.y, p.w, p.residual, static_cast<float *>(params[nparam - 1]), M, p.N, K);
   return 0;
 }
 
@@ -235,6 +280,20 @@ extern "C" int SiluMulPairs(int nparam, void **params, int *ndims, int64_t **sha
   return 0;
 }
 
+// SiluMatMulT(gu (M, 2F) with (gate, up) interleaved, w (N, F)[, residual (M, N)]) -> (silu(gate) * up) @ w^T
+// (+ residual)
+extern "C" int SiluMatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                           void *stream, void *extra) {
+  if (nparam < 3 || ndims[0] != 2 || !is_f32(dtypes[0])) return 1;
+  const int64_t M = shapes[0][0], F = shapes[0][1] / 2;
+  const Product p = product_args(nparam, params, ndims, shapes, dtypes, 1, M, F);
+  if (!p.w || shapes[0][1] != 2 * F) return 2;
+  const SiluMulArgs act{static_cast<const float *>(params[0]), nullptr, scratch(M * F)};
+  mindkit::ThreadPool::get().run(silu_mul_range, &act, M * F, kChunk);
+  matmul(act.y, p.w, p.residual, static_cast<float *>(params[nparam - 1]), M, p.N, F);
+  return 0;
+}
+
 // CachedAttention(q (B, L, H, hd), k (B, L, G, hd), v (B, L, G, hd), cos (B, L, hd), sin (B, L, hd),
 // partner (hd,) int32, sign (hd,), k_cache (B, G, S, hd), v_cache (B, G, S, hd), mask (B, L, S) additive,
 // start () int32) -> (B, L, H * hd). L new tokens per row (a prefill, or one for a decode step) at cache slots
@@ -243,6 +302,8 @@ extern "C" int SiluMulPairs(int nparam, void **params, int *ndims, int64_t **sha
 // are masked anyway). Query head h reads KV group h / (H / G).
 // A fused QKV projection's output (B, L, G, H / G + 2, hd), each KV group's query heads then its key and value, may
 // be passed as q, k and v alike: it is read in place.
+// With wo (N, H * hd) and residual (B, L, N) after start, the output projection follows: -> (B, L, N), attention's
+// output @ wo^T + residual (a decode step's few rows; see MatMulT).
 
 // Where one of q, k, v holds token t's head r of KV group g (k and v: r = 0): its strides per token and per group.
 struct Heads {
@@ -294,7 +355,7 @@ static void attention_units(const void *ctx, int64_t u0, int64_t u1) {
 
 extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *stream, void *extra) {
-  if (nparam != 12) return 1;
+  if (nparam != 12 && nparam != 14) return 1;
   for (int i : {0, 1, 2, 3, 4, 6, 7, 8, 9})
     if (!is_f32(dtypes[i])) return 2;
   if (std::strcmp(dtypes[5], "int32") || std::strcmp(dtypes[10], "int32")) return 2;
@@ -312,11 +373,16 @@ extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **
   const Heads qh = grouped ? Heads{q, token, group, hd} : Heads{q, H * hd, rep * hd, hd};
   const Heads kh = grouped ? Heads{q + rep * hd, token, group, hd} : Heads{k, G * hd, hd, hd};
   const Heads vh = grouped ? Heads{q + (rep + 1) * hd, token, group, hd} : Heads{v, G * hd, hd, hd};
-  const AttentionArgs a{qh, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
-                        static_cast<const float *>(params[6]), static_cast<float *>(params[7]),
-                        static_cast<float *>(params[8]), static_cast<const float *>(params[9]),
-                        static_cast<const int32_t *>(params[5]), static_cast<float *>(params[11]),
-                        L, H, G, S, hd, start};
+  AttentionArgs a{qh, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
+                  static_cast<const float *>(params[6]), static_cast<float *>(params[7]),
+                  static_cast<float *>(params[8]), static_cast<const float *>(params[9]),
+                  static_cast<const int32_t *>(params[5]), nullptr, L, H, G, S, hd, start};
+  Product out{nullptr, nullptr, 0};
+  if (nparam == 14) {
+    out = product_args(nparam, params, ndims, shapes, dtypes, 11, B * L, H * hd);
+    if (!out.w || !out.residual) return 3;
+  }
+  a.out = nparam == 14 ? scratch(B * L * H * hd) : static_cast<float *>(params[11]);
   float *k_cache = static_cast<float *>(params[7]), *v_cache = static_cast<float *>(params[8]);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t l = 0; l < L; ++l)
@@ -328,5 +394,6 @@ extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **
   // a unit reads up to start + L cached rows for each of its H / G heads: enough units per chunk to be worth a thread
   const int64_t unit = (start + L) * hd * rep;
   mindkit::ThreadPool::get().run(attention_units, &a, B * G * L, std::max<int64_t>(1, 4 * kChunk / unit));
+  if (nparam == 14) matmul(a.out, out.w, out.residual, static_cast<float *>(params[13]), B * L, out.N, H * hd);
   return 0;
 }

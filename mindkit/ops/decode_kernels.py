@@ -22,6 +22,18 @@ def matmul_t():
     return _op("MatMulT", lambda x, w, *residual: [x[0], w[0]])
 
 
+def norm_matmul_t():
+    """(x (M, K), weight (K,), eps (1,), w (N, K)[, residual (M, N)]) -> RMSNorm(x) @ w^T (+ residual) (M, N): a
+    block's first projection with the norm before it folded in."""
+    return _op("NormMatMulT", lambda x, weight, eps, w, *residual: [x[0], w[0]])
+
+
+def silu_matmul_t():
+    """(gu (M, 2F) with gate and up interleaved, w (N, F)[, residual (M, N)]) -> (silu(gate) * up) @ w^T
+    (+ residual) (M, N): the FFN's down projection with SwiGLU folded in."""
+    return _op("SiluMatMulT", lambda gu, w, *residual: [gu[0], w[0]])
+
+
 def rms_norm():
     """(x (..., D), weight (D,), eps (1,)) -> (..., D)."""
     return _op("RmsNorm", lambda x, w, eps: x)
@@ -41,8 +53,11 @@ def cached_attention():
     """(q (B, L, H, hd), k (B, L, G, hd), v (B, L, G, hd), cos (B, L, hd), sin (B, L, hd), partner (hd,) int32,
     sign (hd,), k_cache (B, G, S, hd), v_cache, mask (B, L, S), start () int32) -> (B, L, H * hd); writes the new
     tokens' keys and values into the caches from slot ``start`` on. A fused projection's (B, L, G, H / G + 2, hd)
-    may be passed as q, k and v."""
+    may be passed as q, k and v. With the output projection's wo (N, H * hd) and a residual (B, L, N) after
+    ``start``: -> (B, L, N), attention's output @ wo^T + residual."""
     def out_shape(q, *rest):
+        if len(rest) == 12:
+            return [q[0], q[1], rest[10][0]]
         return [q[0], q[1], q[2] * (q[3] - 2) * q[4] if len(q) == 5 else q[2] * q[3]]
     return _op("CachedAttention", out_shape)
 

@@ -42,7 +42,7 @@ class ThreadPool {
   // fn(ctx, begin, end) over [0, n) in chunks of ``grain`` (the last may be shorter).
   void run(Fn fn, const void *ctx, int64_t n, int64_t grain) {
     const int64_t chunks = (n + grain - 1) / grain;
-    if (workers_.empty() || chunks < 2 || chunks >= kMaxChunks) {
+    if (workers_.empty() || chunks < 2 || chunks >= static_cast<int64_t>(kMaxChunks)) {
       fn(ctx, 0, n);
       return;
     }
