@@ -2,7 +2,10 @@
 
 For each model × batch × prompt length: prefill tokens/s, time to first token, per-token decode latency, decode
 tokens/s, batch throughput (generated tokens × batch / total time), peak RSS, and the memory bandwidth the decode
-step achieves (weights + KV cache read per step / step time) as a fraction of the bandwidth measured here first.
+step achieves (weights + KV cache read per step / step time) as a fraction of the machine's read bandwidth,
+measured in a process of its own right before each timed generation (the highest of a row's measurements: this
+shared machine's speed moves by ±20% within minutes, so a figure taken once at the start says little about a row
+run minutes later).
 Each implementation runs in a child process of its own (peak RSS, threads and compiled graphs its own): the HF
 reference (optional extra: pip install -r requirements-bench.txt), mindkit, and with ``--quant-weight int8``
 mindkit with weight-only int8 weights (impl ``mindkit-int8``): its speed, its checkpoint size against the float
@@ -72,6 +75,23 @@ def measure_bandwidth(mb=512, repeats=5):
     return best
 
 
+def bandwidth_now():
+    """measure_bandwidth in a fresh process (this one's memory and threads left alone)."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_measure"], stdout=subprocess.PIPE,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def fastest(run, repeats, seconds):
+    """The result of ``repeats`` calls of ``run`` that ``seconds(result)`` says took least, and the highest read
+    bandwidth measured right before each call."""
+    results, bandwidths = [], []
+    for _ in range(repeats):
+        bandwidths.append(bandwidth_now())
+        results.append(run())
+    return min(results, key=seconds), max(bandwidths)
+
+
 def prompts_for(batch, length, vocab, seed=0):
     return np.random.default_rng(seed).integers(3, vocab, (batch, length)).tolist()
 
@@ -84,7 +104,8 @@ def row(impl, model, batch, plen, new, ttft, total, steps, weight_bytes, kv_byte
              prefill_tok_s=batch * plen / ttft, ttft_ms=ttft * 1e3, decode_ms_per_token=decode_s * 1e3,
              decode_tok_s=batch / decode_s, throughput_tok_s=batch * new / total,
              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             bandwidth_gb_s=step_bytes / decode_s / 1e9, bandwidth_fraction=step_bytes / decode_s / 1e9 / bandwidth)
+             bandwidth_gb_s=step_bytes / decode_s / 1e9, machine_bandwidth_gb_s=bandwidth,
+             bandwidth_fraction=step_bytes / decode_s / 1e9 / bandwidth)
     r.update(extra or {})
     return r
 
@@ -119,7 +140,7 @@ def agreement(a, b):
     return a == b, n
 
 
-def run_mindkit(args, bandwidth, quant):
+def run_mindkit(args, quant):
     """mindkit's rows with ``quant`` weights (None: float), and the real model's greedy answers to
     REFERENCE_PROMPTS when int8 is being compared."""
     import mindspore as ms
@@ -161,7 +182,8 @@ def run_mindkit(args, bandwidth, quant):
                 generate(model, prompts, **kw)                      # compiles this shape (mode 0)
                 warm = time.perf_counter() - t0
                 compile_s = sum(v for k, v in runner.compile_seconds.items() if k not in known)
-                out = min((generate(model, prompts, **kw) for _ in range(args.repeats)), key=lambda o: o.total_time)
+                out, bandwidth = fastest(lambda: generate(model, prompts, **kw), args.repeats,
+                                         lambda o: o.total_time)
                 rows.append(row(impl, name, b, plen, args.new_tokens, out.time_to_first_token, out.total_time,
                                 out.decode_steps, weight_bytes, kv_bytes, bandwidth,
                                 dict(extra, first_call_s=warm, compile_s=compile_s)))
@@ -177,7 +199,7 @@ def ms_dtype(name):
     return f(name)
 
 
-def run_hf(args, bandwidth):
+def run_hf(args):
     """The reference: transformers' LlamaForCausalLM on the same weights, greedy with its KV cache."""
     import torch
     from transformers import LlamaConfig as HFConfig, LlamaForCausalLM as HFLlama
@@ -201,20 +223,21 @@ def run_hf(args, bandwidth):
         for b in args.batch:
             for plen in args.prompt:
                 ids = torch.tensor(prompts_for(b, plen, cfg.vocab_size))
-                runs = []
-                for _ in range(1 + args.repeats):                   # the first is a warm-up
-                    with torch.inference_mode():
-                        t0 = time.perf_counter()
-                        out = hf(ids, use_cache=True)
-                        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                        ttft = time.perf_counter() - t0
-                        new, past = [nxt], out.past_key_values
-                        for _ in range(args.new_tokens - 1):
-                            out = hf(nxt, past_key_values=past, use_cache=True)
-                            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-                            new.append(nxt)
-                        runs.append((time.perf_counter() - t0, ttft, new))
-                total, ttft, new = min(runs[1:], key=lambda r: r[0])
+
+                @torch.inference_mode()
+                def run():
+                    t0 = time.perf_counter()
+                    out = hf(ids, use_cache=True)
+                    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                    ttft = time.perf_counter() - t0
+                    new, past = [nxt], out.past_key_values
+                    for _ in range(args.new_tokens - 1):
+                        out = hf(nxt, past_key_values=past, use_cache=True)
+                        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                        new.append(nxt)
+                    return time.perf_counter() - t0, ttft, new
+                run()                                               # warm-up
+                (total, ttft, new), bandwidth = fastest(run, args.repeats, lambda r: r[0])
                 rows.append(row("hf", name, b, plen, args.new_tokens, ttft, total, args.new_tokens, weight_bytes,
                                 kv_bytes, bandwidth))
                 tokens[f"{name}/{b}/{plen}"] = torch.cat(new, 1).tolist()
@@ -224,8 +247,9 @@ def run_hf(args, bandwidth):
 
 COLUMNS = [("impl", "{:12}"), ("model", "{:5}"), ("batch", "{:>5}"), ("prompt", "{:>6}"), ("prefill_tok_s", "{:>9.1f}"),
            ("ttft_ms", "{:>8.1f}"), ("decode_ms_per_token", "{:>9.2f}"), ("decode_tok_s", "{:>8.1f}"),
-           ("throughput_tok_s", "{:>8.1f}"), ("peak_rss_mb", "{:>7.0f}"), ("bandwidth_fraction", "{:>6.0%}")]
-HEADER = "impl         model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw"
+           ("throughput_tok_s", "{:>8.1f}"), ("peak_rss_mb", "{:>7.0f}"), ("bandwidth_fraction", "{:>6.0%}"),
+           ("machine_bandwidth_gb_s", "{:>5.1f}")]
+HEADER = "impl         model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw  GB/s"
 
 
 def format_row(r):
@@ -249,22 +273,25 @@ def main():
                    help="timed generations per row after the warm-up, the fastest reported (a shared machine is noisy)")
     p.add_argument("--quick", action="store_true", help="real model, batch 1 and 8, prompt 32 and 128")
     p.add_argument("--_child", choices=["hf", "mindkit", "mindkit-int8"], help=argparse.SUPPRESS)
-    p.add_argument("--_bandwidth", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.models, args.batch, args.prompt = ["real"], [1, 8], [32, 128]
+    if args._measure:
+        print(measure_bandwidth())
+        return
     if args._child:
         quant = None if args._child in ("hf", "mindkit") else args._child.split("-")[1]
-        rows, tokens, *references = (run_hf(args, args._bandwidth) if args._child == "hf"
-                                     else run_mindkit(args, args._bandwidth, quant))
+        rows, tokens, *references = run_hf(args) if args._child == "hf" else run_mindkit(args, quant)
         print(json.dumps({"rows": rows, "tokens": tokens, "references": (references or [{}])[0]}))
         return
 
     bandwidth = measure_bandwidth()
-    print(f"machine read bandwidth: {bandwidth:.1f} GB/s", file=sys.stderr)
+    print(f"machine read bandwidth at the start: {bandwidth:.1f} GB/s (each row's fraction is against its own "
+          "measurements)", file=sys.stderr)
     impls = ["hf"] if args.hf == "on" or (args.hf == "auto" and _has_hf()) else []
     impls += ["mindkit"] + ([f"mindkit-{args.quant_weight}"] if args.quant_weight else [])
-    results = {impl: run_child(args, impl, bandwidth) for impl in impls}
+    results = {impl: run_child(args, impl) for impl in impls}
     hf = results.pop("hf", {})
     hf_rows, hf_tokens = hf.get("rows", []), hf.get("tokens", {})
     rows = [r for result in results.values() for r in result["rows"]]
@@ -303,11 +330,10 @@ def main():
                       "reference_agreement": summary, "bandwidth_gb_s": bandwidth, "rows": hf_rows + rows}))
 
 
-def run_child(args, impl, bandwidth):
+def run_child(args, impl):
     """One implementation's rows from a child process of its own, so its peak RSS, threads and compiled graphs are
     its own."""
-    child = [sys.executable, os.path.abspath(__file__), "--_child", impl, "--_bandwidth", str(bandwidth),
-             "--models", *args.models, "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
+    child = [sys.executable, os.path.abspath(__file__), "--_child", impl, "--models", *args.models, "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
              "--new-tokens", str(args.new_tokens), "--mode", str(args.mode), "--dtype", args.dtype,
              "--reference-tokens", str(args.reference_tokens), "--repeats", str(args.repeats)]
     child += ["--qkv-concat"] * args.qkv_concat + ["--graph-kernel"] * args.graph_kernel
