@@ -14,6 +14,7 @@ from mindkit.generation.model_runner import ModelRunner
 from mindkit.models import ChatGLM2Config, ChatGLM2ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
 from mindkit.models.causal_lm import CachedAttention
 from mindkit.models.layers import FEW_ROWS, Linear, RMSNorm, SwiGLU
+from mindkit.models.llama import LlamaAttention, LlamaFeedForward
 from mindkit.ops import aot, decode_kernels
 
 pytestmark = pytest.mark.skipif(aot.library(decode_kernels.SOURCE) is None, reason="kernels cannot be built here")
@@ -78,12 +79,14 @@ def test_kernels_equal_plain_ops(kind, changes, compiled):
 @pytest.mark.parametrize("kind,changes", [("llama", {"qkv_concat": False}), ("llama", {"qkv_concat": True}),
                                           ("glm2", {})])
 def test_prefill_and_every_decode_step_of_a_full_batch_take_the_fused_attention(kind, changes):
-    """FEW_ROWS rows, whatever the head layout of q (a fused QKV's q once counted as tokens x heads)."""
+    """FEW_ROWS rows, whatever the head layout of q (a fused QKV's q once counted as tokens x heads): attention's
+    kernel, or Llama's attention-block kernel that holds it."""
     model = build(kind, True, **changes)
     calls = []
     for _, cell in model.cells_and_names():
-        if isinstance(cell, CachedAttention):
-            cell.fused = lambda *args, kernel=cell.fused: calls.append(1) or kernel(*args)
+        attr = {CachedAttention: "fused", LlamaAttention: "block"}.get(type(cell))
+        if attr:
+            setattr(cell, attr, lambda *args, kernel=getattr(cell, attr): calls.append(1) or kernel(*args))
     steps(model, compiled=False, new_tokens=2, prompts=[PROMPTS[0]] * FEW_ROWS)
     assert len(calls) == (1 + 2) * model.config.num_layers
 
@@ -145,31 +148,9 @@ def test_few_rows_matmul_kernel(jit):
         np.testing.assert_allclose(got_add.asnumpy(), r + x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_few_rows_matmul_kernels_with_a_prologue(jit):
-    """RMSNorm, or SwiGLU of interleaved (gate, up) pairs, then the product, with and without the residual; the
-    same odd shapes."""
-    rng = np.random.default_rng(4)
-    norm_mm, silu_mm = decode_kernels.norm_matmul_t(), decode_kernels.silu_matmul_t()
-
-    def run(x, g, eps, w, gu, r):
-        return norm_mm(x, g, eps, w), norm_mm(x, g, eps, w, r), silu_mm(gu, w), silu_mm(gu, w, r)
-    run = ms.jit(run) if jit else run
-    for m, n, k in [(1, 200, 64), (1, 13, 29), (2, 131, 77), (3, 70, 576), (16, 5, 3)]:
-        x, g = rng.standard_normal((m, k)) * 3, rng.standard_normal(k)
-        w, r = rng.standard_normal((n, k)), rng.standard_normal((m, n))
-        gate, up = rng.standard_normal((m, k)) * 4, rng.standard_normal((m, k))
-        gu = np.stack([gate, up], -1).reshape(m, 2 * k)
-        got = run(*(ms.Tensor(a, ms.float32) for a in (x, g, [1e-6], w, gu, r)))
-        normed = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * g
-        act = gate / (1 + np.exp(-gate)) * up
-        for out, want in zip(got, [normed @ w.T, r + normed @ w.T, act @ w.T, r + act @ w.T]):
-            np.testing.assert_allclose(out.asnumpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
-
-
 def kernel_calls(model):
-    """Counts the launches of the decoder layers' kernels (eager), by cell type and kernel attribute; attention
-    that carries the output projection counts as "CachedAttention+wo"."""
+    """Counts the launches of the decoder layers' kernels (eager), as "<cell type>.<kernel attribute>"; attention
+    that carries the output projection counts as "CachedAttention.fused+wo"."""
     calls = {}
 
     def counted(name, kernel):
@@ -178,27 +159,29 @@ def kernel_calls(model):
             calls[key] = calls.get(key, 0) + 1
             return kernel(*args)
         return call
+    kinds = {RMSNorm: ("fused",), SwiGLU: ("fused",), CachedAttention: ("fused",), Linear: ("few_rows_matmul",),
+             LlamaAttention: ("block",), LlamaFeedForward: ("block", "act")}
     for _, cell in model.model.layers.cells_and_names():
-        kinds = {RMSNorm: ("fused", "fold"), SwiGLU: ("fused", "fold"), CachedAttention: ("fused",),
-                 Linear: ("few_rows_matmul",)}
         for attr in kinds.get(type(cell), ()):
             if getattr(cell, attr) is not None:
                 setattr(cell, attr, counted(f"{type(cell).__name__}.{attr}", getattr(cell, attr)))
     return calls
 
 
-def test_a_fused_llama_decode_step_is_four_kernels_a_layer():
-    """Norm into QKV, attention with its output projection and residual, norm into gate/up, SwiGLU into w2: four
-    launches a layer and nothing else, against the same logits as the plain ops (test_kernels_equal_plain_ops)."""
+@pytest.mark.parametrize("qkv_concat", [False, True])
+def test_a_llama_decode_step_is_two_kernels_a_layer(qkv_concat):
+    """The attention block and the FFN block, each one launch, and nothing else in a layer; their logits are
+    test_kernels_equal_plain_ops'. A prefill past FEW_ROWS runs the separate kernels."""
     counts = []
     for new_tokens in (1, 2):
-        model = build("llama", True, qkv_concat=True)
+        model = build("llama", True, qkv_concat=qkv_concat)
         calls = kernel_calls(model)
-        steps(model, compiled=False, new_tokens=new_tokens, prompts=[PROMPTS[0] * 3])  # a prefill past FEW_ROWS
+        steps(model, compiled=False, new_tokens=new_tokens, prompts=[PROMPTS[0] * 3])
         counts.append(calls)
-    step = {k: counts[1][k] - counts[0].get(k, 0) for k in counts[1] if counts[1][k] != counts[0].get(k, 0)}
     layers = model.config.num_layers
-    assert step == {"RMSNorm.fold": 2 * layers, "CachedAttention.fused+wo": layers, "SwiGLU.fold": layers}
+    assert counts[0]["CachedAttention.fused"] == layers and counts[0]["RMSNorm.fused"] == 2 * layers  # prefill
+    step = {k: counts[1][k] - counts[0].get(k, 0) for k in counts[1] if counts[1][k] != counts[0].get(k, 0)}
+    assert step == {"LlamaAttention.block": layers, "LlamaFeedForward.block": layers}
 
 
 def test_lora_adapters_are_never_folded_away():

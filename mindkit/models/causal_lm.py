@@ -71,20 +71,30 @@ class CachedAttention(nn.Cell):
         float32 = softmax_dtype == compute_dtype == "float32"
         self.fused = decode_kernels.cached_attention() if float32 and kv_of_head is None else None
 
+    def kernel_takes(self, x, cache):
+        """Whether this call's attention runs as a kernel: float32 inference (see inference_kernel) writing a whole
+        float32 cache in place."""
+        return cache.whole and inference_kernel(self.fused, self.training, x) and cache.k.dtype == ms.float32
+
+    def kernel_inputs(self, B, L, cos, sin, mask, cache, start):
+        """What the attention kernels take after the heads: the RoPE rows, the partner tables, the caches, the mask
+        and the first slot written."""
+        start = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
+        return (cos.reshape(B, L, -1), sin.reshape(B, L, -1), self.partner, self.sign, cache.k, cache.v,
+                mask.reshape(B, L, -1), start)
+
     def construct(self, q, k, v, cos, sin, mask, cache, start, out=None, residual=None):
         """q: (B, L, ...) holding n_heads * hd per token, heads in order; k, v: (B, L, n_kv, hd); q and k before
         RoPE. Or, with k and v None, q is a fused projection's (B, L, n_kv, heads per KV head + 2, hd): each KV
         head's query heads, then its key and value. Returns (B, L, n_heads * hd), or with ``out`` (the output
         projection, a Linear) ``out(attention, residual)``: in a decode step one kernel (see Linear.folds)."""
         B, L = q.shape[0], q.shape[1]
-        if cache.whole and inference_kernel(self.fused, self.training, q) and cache.k.dtype == ms.float32:
-            start = ops.scalar_to_tensor(start, ms.int32) if isinstance(start, int) else start
+        if self.kernel_takes(q, cache):
             if k is None:  # the kernel reads the fused layout in place
                 k = v = q
             else:
                 q = q.reshape(B, L, self.n_heads, self.hd)
-            args = (q, k, v, cos.reshape(B, L, -1), sin.reshape(B, L, -1), self.partner, self.sign, cache.k, cache.v,
-                    mask.reshape(B, L, -1), start)
+            args = (q, k, v) + self.kernel_inputs(B, L, cos, sin, mask, cache, start)
             if out is not None and residual is not None and out.folds(B * L):
                 return self.fused(*args, out.weight, residual)
             y = self.fused(*args)

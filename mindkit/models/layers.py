@@ -139,24 +139,16 @@ class Linear(nn.Cell, ParallelLayout):
         return {"weight": axis, "weight_scale": axis, "weight_offset": axis, "bias": 0 if axis == 0 else None}
 
     def folds(self, rows):
-        """Whether a product of ``rows`` float32 rows runs as the few-row kernel with what precedes or follows it in
-        the block folded into the same launch (a prologue, the residual, attention before it): nothing is reduced,
-        biased, gathered or adapted after it, and it is a decode step's."""
+        """Whether a decode step's product of ``rows`` float32 rows may run inside a block's kernel (attention's, or
+        a decoder layer's blocks: mindkit.ops.decode_kernels), as the few-row float32 product with nothing reduced,
+        biased, gathered or adapted after it."""
         return (self.add_inside and self.quant is None and self.few_rows_matmul is not None and not self.training
                 and rows <= FEW_ROWS)
 
-    def construct(self, x, residual=None, prologue=None):
-        """``residual`` (x's shape but ``out`` wide): returns residual + y. ``prologue``: a cell applied to x first
-        (RMSNorm, SwiGLU) that has a ``folded(x, weight, residual)`` kernel form, used when ``folds``."""
-        fold = prologue is not None and prologue.fold is not None and x.dtype == ms.float32 and self.folds(
-            x.size // x.shape[-1])
-        if prologue is not None and not fold:
-            x = prologue(x)
+    def construct(self, x, residual=None):
+        """``residual`` (x's shape but ``out`` wide): returns residual + y."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        if fold:
-            rest = None if residual is None else residual.reshape(x.shape[0], -1)
-            return prologue.folded(x, self.weight, rest).reshape(shape[:-1] + (self.out_width,))
         out_shape = shape[:-1] + (self.out_width,)
         inside = residual is not None and self.add_inside and residual.dtype == ms.float32 and not self.training
         if inside and self.quant is not None:
@@ -231,14 +223,7 @@ class RMSNorm(nn.Cell, ParallelLayout):
         self.compute_type = ms_dtype(compute_type)
         float32 = param_init_type == compute_type == "float32"
         self.fused = decode_kernels.rms_norm() if float32 else None
-        self.fold = decode_kernels.norm_matmul_t() if float32 else None
         self.eps_tensor = Tensor([eps], ms.float32)
-
-    def folded(self, x, weight, residual=None):
-        """RMSNorm(x) @ weight^T (+ residual) in one kernel: a Linear's prologue (see Linear.construct)."""
-        if residual is None:
-            return self.fold(x, self.weight, self.eps_tensor, weight)
-        return self.fold(x, self.weight, self.eps_tensor, weight, residual)
 
     def construct(self, x):
         if inference_kernel(self.fused, self.training, x):
@@ -257,11 +242,6 @@ class SwiGLU(nn.Cell):
     def __init__(self, float32=True):
         super().__init__()
         self.fused = decode_kernels.silu_mul_pairs() if float32 else None
-        self.fold = decode_kernels.silu_matmul_t() if float32 else None
-
-    def folded(self, gu, weight, residual=None):
-        """SwiGLU(gu) @ weight^T (+ residual) in one kernel: a Linear's prologue (see Linear.construct)."""
-        return self.fold(gu, weight) if residual is None else self.fold(gu, weight, residual)
 
     def construct(self, gu):
         if inference_kernel(self.fused, self.training, gu):

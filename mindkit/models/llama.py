@@ -37,16 +37,28 @@ class LlamaAttention(nn.Cell):
             self.wv = Linear(cfg.hidden_size, kv_out, split_axis=0, **lin)
         self.wo = Linear(q_out, cfg.hidden_size, split_axis=1, **lin)
         self.core = CachedAttention(self.n_heads, self.n_kv, self.hd, cfg.softmax_compute_type, cfg.compute_dtype)
+        self.block = decode_kernels.attention_block() if cfg.compute_dtype == "float32" else None
+
+    def folds(self, rows):
+        """Whether every projection may run inside the block's kernel (Linear.folds)."""
+        if self.qkv_concat:
+            return self.w_qkv.folds(rows) and self.wo.folds(rows)
+        return self.wq.folds(rows) and self.wk.folds(rows) and self.wv.folds(rows) and self.wo.folds(rows)
 
     def construct(self, x, cos, sin, mask, cache, start, norm=None, residual=None):
         """``norm``: the RMSNorm applied to x first; ``residual``: what the output projection adds its result to (see
-        Linear). In a decode step the norm folds into the QKV projection and the output projection into attention."""
+        Linear). A decode step's block (both given) is one kernel."""
         B, L, _ = x.shape
-        if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
-            qkv = self.w_qkv(x, prologue=norm).reshape(B, L, self.n_kv, self.n_heads // self.n_kv + 2, self.hd)
-            return self.core(qkv, None, None, cos, sin, mask, cache, start, self.wo, residual)
+        if (self.block is not None and norm is not None and residual is not None and norm.fused is not None
+                and self.core.kernel_takes(x, cache) and self.folds(B * L)):
+            weights = (self.w_qkv.weight,) if self.qkv_concat else (self.wq.weight, self.wk.weight, self.wv.weight)
+            return self.block(x, norm.weight, norm.eps_tensor, *weights,
+                              *self.core.kernel_inputs(B, L, cos, sin, mask, cache, start), self.wo.weight, residual)
         if norm is not None:
             x = norm(x)
+        if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
+            qkv = self.w_qkv(x).reshape(B, L, self.n_kv, self.n_heads // self.n_kv + 2, self.hd)
+            return self.core(qkv, None, None, cos, sin, mask, cache, start, self.wo, residual)
         kv = (B, L, self.n_kv, self.hd)
         q, k, v = self.wq(x), self.wk(x).reshape(kv), self.wv(x).reshape(kv)
         return self.core(q, k, v, cos, sin, mask, cache, start, self.wo, residual)
@@ -68,16 +80,28 @@ class LlamaFeedForward(nn.Cell):
             self.w1 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
             self.w3 = Linear(cfg.hidden_size, full, split_axis=0, **lin)
         self.w2 = Linear(full, cfg.hidden_size, split_axis=1, **lin)
-        self.act = decode_kernels.silu_mul() if cfg.compute_dtype == "float32" else None
-        self.swiglu = SwiGLU(cfg.compute_dtype == "float32")
+        float32 = cfg.compute_dtype == "float32"
+        self.act = decode_kernels.silu_mul() if float32 else None
+        self.swiglu = SwiGLU(float32)
+        self.block = decode_kernels.feed_forward() if float32 else None
+
+    def folds(self, rows):
+        """Whether every projection may run inside the block's kernel (Linear.folds)."""
+        if self.fused:
+            return self.w_gate_hidden.folds(rows) and self.w2.folds(rows)
+        return self.w1.folds(rows) and self.w3.folds(rows) and self.w2.folds(rows)
 
     def construct(self, x, norm=None, residual=None):
-        """``norm``: the RMSNorm applied to x first; ``residual``: what w2 adds its result to (see Linear). In a
-        decode step the norm folds into the gate/up projection and SwiGLU into w2."""
-        if self.fused:
-            return self.w2(self.w_gate_hidden(x, prologue=norm), residual, prologue=self.swiglu)
+        """``norm``: the RMSNorm applied to x first; ``residual``: what w2 adds its result to (see Linear). A decode
+        step's block (both given) is one kernel."""
+        if (self.block is not None and norm is not None and residual is not None and norm.fused is not None
+                and inference_kernel(self.block, self.training, x) and self.folds(x.size // x.shape[-1])):
+            weights = (self.w_gate_hidden.weight,) if self.fused else (self.w1.weight, self.w3.weight)
+            return self.block(x, norm.weight, norm.eps_tensor, *weights, self.w2.weight, residual)
         if norm is not None:
             x = norm(x)
+        if self.fused:
+            return self.w2(self.swiglu(self.w_gate_hidden(x)), residual)
         gate, up = self.w1(x), self.w3(x)
         if inference_kernel(self.act, self.training, gate):
             return self.w2(self.act(gate, up), residual)

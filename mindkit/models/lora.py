@@ -37,12 +37,10 @@ class LoRALinear(Linear):
         cell.lora_b = Parameter(initializer("zeros", (cell.out_features, rank), ms.float32), name=LORA_B)
         cell.scaling = float(alpha) / rank
         cell.dropout = nn.Dropout(p=float(dropout)) if dropout else None
-        cell.add_inside = False  # the adapters add to the product: nothing may be folded into its kernel
+        cell.add_inside = False  # the adapters add to the product: no kernel may take it over (Linear.folds)
         return cell
 
-    def construct(self, x, residual=None, prologue=None):
-        if prologue is not None:
-            x = prologue(x)
+    def construct(self, x, residual=None):
         y = super().construct(x)
         shape = x.shape
         h = x.reshape(-1, shape[-1]).astype(ms.float32)

@@ -146,12 +146,12 @@ void matmul(const float *x, const float *w, const float *residual, float *y, int
   mindkit::ThreadPool::get().run(matmul_rows, &a, N, 64);
 }
 
-// A buffer of n floats for what a kernel computes before its product (a normalized or activated input, attention's
-// output), per launching thread: a decode step's few rows, reused from launch to launch.
-float *scratch(int64_t n) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  return buf.data();
+// Buffer ``slot`` (of three) of at least n floats for what a block kernel computes on the way (a normalized input,
+// projections, attention's output), per launching thread: a decode step's few rows, reused from launch to launch.
+float *scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buf[3];
+  if (static_cast<int64_t>(buf[slot].size()) < n) buf[slot].resize(n);
+  return buf[slot].data();
 }
 
 // The product's operands after ``first`` inputs the caller checked: w (N, K) and, with one more input than the
@@ -175,10 +175,8 @@ Product product_args(int nparam, void **params, int *ndims, int64_t **shapes, co
 
 }  // namespace
 
-// The few-row products of a decode step (weights stored (out, in)), each with what comes before or after it in a
-// block folded in, so a step launches fewer kernels: the residual a block's output projection adds to, the RMSNorm
-// before a block's first projection, the SwiGLU before the FFN's down projection.
-// MatMulT(x (M, K), w (N, K)[, residual (M, N)]) -> x @ w^T (+ residual) (M, N)
+// MatMulT(x (M, K), w (N, K)[, residual (M, N)]) -> x @ w^T (+ residual) (M, N), for the few rows of a decode step
+// (weights stored (out, in)). The residual is the stream a block's output projection adds to: one launch, not two.
 extern "C" int MatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                        void *extra) {
   if (nparam < 3 || ndims[0] != 2 || !is_f32(dtypes[0])) return 1;
@@ -215,20 +213,6 @@ extern "C" int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, 
   const RmsNormArgs a{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                       *static_cast<const float *>(params[2]), static_cast<float *>(params[3]), D};
   mindkit::ThreadPool::get().run(rms_norm_rows, &a, rows, rows_per_chunk(D));
-  return 0;
-}
-
-// NormMatMulT(x (M, K), weight (K,), eps (1,), w (N, K)[, residual (M, N)]) -> RmsNorm(x) @ w^T (+ residual)
-extern "C" int NormMatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                           void *stream, void *extra) {
-  if (nparam < 5 || ndims[0] != 2 || !is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[2])) return 1;
-  const int64_t M = shapes[0][0], K = shapes[0][1];
-  const Product p = product_args(nparam, params, ndims, shapes, dtypes, 3, M, K);
-  if (!p.w || shapes[1][0] != K) return 2;
-  const RmsNormArgs norm{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                         *static_cast<const float *>(params[2]), scratch(M * K), K};
-  rms_norm_rows(&norm, 0, M);
-  matmul(norm.y, p.w, p.residual, static_cast<float *>(params[nparam - 1]), M, p.N, K);
   return 0;
 }
 
@@ -277,20 +261,6 @@ extern "C" int SiluMulPairs(int nparam, void **params, int *ndims, int64_t **sha
   if (nparam != 2 || !is_f32(dtypes[0])) return 1;
   const SiluMulArgs a{static_cast<const float *>(params[0]), nullptr, static_cast<float *>(params[1])};
   mindkit::ThreadPool::get().run(silu_mul_range, &a, numel(ndims[0], shapes[0]) / 2, kChunk);
-  return 0;
-}
-
-// SiluMatMulT(gu (M, 2F) with (gate, up) interleaved, w (N, F)[, residual (M, N)]) -> (silu(gate) * up) @ w^T
-// (+ residual)
-extern "C" int SiluMatMulT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                           void *stream, void *extra) {
-  if (nparam < 3 || ndims[0] != 2 || !is_f32(dtypes[0])) return 1;
-  const int64_t M = shapes[0][0], F = shapes[0][1] / 2;
-  const Product p = product_args(nparam, params, ndims, shapes, dtypes, 1, M, F);
-  if (!p.w || shapes[0][1] != 2 * F) return 2;
-  const SiluMulArgs act{static_cast<const float *>(params[0]), nullptr, scratch(M * F)};
-  mindkit::ThreadPool::get().run(silu_mul_range, &act, M * F, kChunk);
-  matmul(act.y, p.w, p.residual, static_cast<float *>(params[nparam - 1]), M, p.N, F);
   return 0;
 }
 
@@ -353,47 +323,139 @@ static void attention_units(const void *ctx, int64_t u0, int64_t u1) {
   }
 }
 
-extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                               void *stream, void *extra) {
-  if (nparam != 12 && nparam != 14) return 1;
-  for (int i : {0, 1, 2, 3, 4, 6, 7, 8, 9})
-    if (!is_f32(dtypes[i])) return 2;
-  if (std::strcmp(dtypes[5], "int32") || std::strcmp(dtypes[10], "int32")) return 2;
-  const float *q = static_cast<const float *>(params[0]), *k = static_cast<const float *>(params[1]);
-  const float *v = static_cast<const float *>(params[2]);
-  const bool grouped = ndims[0] == 5;
-  const int64_t B = shapes[0][0], L = shapes[0][1], hd = shapes[0][ndims[0] - 1];
-  const int64_t G = grouped ? shapes[0][2] : shapes[1][2], rep = grouped ? shapes[0][3] - 2 : shapes[0][2] / G;
-  const int64_t H = G * rep, S = shapes[7][2], start = *static_cast<const int32_t *>(params[10]);
-  if (rep < 1 || (!grouped && shapes[0][2] != H) || shapes[7][0] != B || shapes[7][1] != G || shapes[7][3] != hd ||
-      shapes[9][2] != S)
-    return 3;
+// The attention of B rows x L new tokens whose heads ``q``, ``k``, ``v`` locate (rep query heads per KV group),
+// with cos, sin, partner, sign, k_cache, v_cache, mask, start at params[at ..] (see CachedAttention): keys and values
+// written into the caches, the output (B, L, H * hd) into ``out``. Nonzero when the shapes do not fit.
+static int attend(const Heads &q, const Heads &k, const Heads &v, int64_t B, int64_t L, int64_t rep, void **params,
+           int64_t **shapes, const char **dtypes, int at, float *out) {
+  for (int i : {0, 1, 3, 4, 5, 6})
+    if (!is_f32(dtypes[at + i])) return 2;
+  if (std::strcmp(dtypes[at + 2], "int32") || std::strcmp(dtypes[at + 7], "int32")) return 2;
+  const int64_t *cache = shapes[at + 4], G = cache[1], S = cache[2], hd = cache[3];
+  const int64_t start = *static_cast<const int32_t *>(params[at + 7]);
+  if (rep < 1 || cache[0] != B || q.hd != hd || shapes[at + 6][2] != S) return 3;
   if (start < 0 || start + L > S) return 4;
-  const int64_t group = (rep + 2) * hd, token = G * group;  // the grouped layout's strides
-  const Heads qh = grouped ? Heads{q, token, group, hd} : Heads{q, H * hd, rep * hd, hd};
-  const Heads kh = grouped ? Heads{q + rep * hd, token, group, hd} : Heads{k, G * hd, hd, hd};
-  const Heads vh = grouped ? Heads{q + (rep + 1) * hd, token, group, hd} : Heads{v, G * hd, hd, hd};
-  AttentionArgs a{qh, static_cast<const float *>(params[3]), static_cast<const float *>(params[4]),
-                  static_cast<const float *>(params[6]), static_cast<float *>(params[7]),
-                  static_cast<float *>(params[8]), static_cast<const float *>(params[9]),
-                  static_cast<const int32_t *>(params[5]), nullptr, L, H, G, S, hd, start};
-  Product out{nullptr, nullptr, 0};
-  if (nparam == 14) {
-    out = product_args(nparam, params, ndims, shapes, dtypes, 11, B * L, H * hd);
-    if (!out.w || !out.residual) return 3;
-  }
-  a.out = nparam == 14 ? scratch(B * L * H * hd) : static_cast<float *>(params[11]);
-  float *k_cache = static_cast<float *>(params[7]), *v_cache = static_cast<float *>(params[8]);
+  const AttentionArgs a{q, static_cast<const float *>(params[at]), static_cast<const float *>(params[at + 1]),
+                        static_cast<const float *>(params[at + 3]), static_cast<float *>(params[at + 4]),
+                        static_cast<float *>(params[at + 5]), static_cast<const float *>(params[at + 6]),
+                        static_cast<const int32_t *>(params[at + 2]), out, L, G * rep, G, S, hd, start};
+  float *k_cache = static_cast<float *>(params[at + 4]), *v_cache = static_cast<float *>(params[at + 5]);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t l = 0; l < L; ++l)
       for (int64_t g = 0; g < G; ++g) {
         const int64_t row = ((b * G + g) * S + start + l) * hd, t = b * L + l;
-        rope(kh.at(t, g), a.cos + t * hd, a.sin + t * hd, a.partner, a.sign, k_cache + row, hd);
-        std::memcpy(v_cache + row, vh.at(t, g), hd * sizeof(float));
+        rope(k.at(t, g), a.cos + t * hd, a.sin + t * hd, a.partner, a.sign, k_cache + row, hd);
+        std::memcpy(v_cache + row, v.at(t, g), hd * sizeof(float));
       }
   // a unit reads up to start + L cached rows for each of its H / G heads: enough units per chunk to be worth a thread
   const int64_t unit = (start + L) * hd * rep;
   mindkit::ThreadPool::get().run(attention_units, &a, B * G * L, std::max<int64_t>(1, 4 * kChunk / unit));
-  if (nparam == 14) matmul(a.out, out.w, out.residual, static_cast<float *>(params[13]), B * L, out.N, H * hd);
+  return 0;
+}
+
+// The heads of a fused QKV projection's output (rows of G groups x (rep query heads, key, value) x hd), or of
+// separate q (rows of G * rep heads), k and v (rows of G heads).
+struct QKV {
+  Heads q, k, v;
+  static QKV fused(const float *qkv, int64_t G, int64_t rep, int64_t hd) {
+    const int64_t group = (rep + 2) * hd, token = G * group;
+    return {{qkv, token, group, hd}, {qkv + rep * hd, token, group, hd}, {qkv + (rep + 1) * hd, token, group, hd}};
+  }
+  static QKV separate(const float *q, const float *k, const float *v, int64_t G, int64_t rep, int64_t hd) {
+    return {{q, G * rep * hd, rep * hd, hd}, {k, G * hd, hd, hd}, {v, G * hd, hd, hd}};
+  }
+};
+
+extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                               void *stream, void *extra) {
+  if ((nparam != 12 && nparam != 14) || !is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[2])) return 1;
+  const bool grouped = ndims[0] == 5;
+  const int64_t B = shapes[0][0], L = shapes[0][1], hd = shapes[0][ndims[0] - 1], G = shapes[7][1];
+  const int64_t rep = grouped ? shapes[0][3] - 2 : shapes[0][2] / G;
+  if (grouped ? shapes[0][2] != G : shapes[0][2] != G * rep || shapes[1][2] != G || shapes[1][3] != hd) return 3;
+  const float *q = static_cast<const float *>(params[0]);
+  const QKV h = grouped ? QKV::fused(q, G, rep, hd)
+                        : QKV::separate(q, static_cast<const float *>(params[1]),
+                                        static_cast<const float *>(params[2]), G, rep, hd);
+  if (nparam == 12)
+    return attend(h.q, h.k, h.v, B, L, rep, params, shapes, dtypes, 3, static_cast<float *>(params[11]));
+  const Product out = product_args(nparam, params, ndims, shapes, dtypes, 11, B * L, G * rep * hd);
+  if (!out.w || !out.residual) return 3;
+  float *y = scratch(0, B * L * G * rep * hd);
+  if (const int err = attend(h.q, h.k, h.v, B, L, rep, params, shapes, dtypes, 3, y)) return err;
+  matmul(y, out.w, out.residual, static_cast<float *>(params[13]), B * L, out.N, G * rep * hd);
+  return 0;
+}
+
+// The decode step's two blocks of a pre-norm decoder layer, one launch each: residual + f(RmsNorm(x)), every product
+// the few-row one of MatMulT. Weights are given fused (w_qkv, w13) or separate (wq, wk, wv; w1, w3).
+// AttentionBlock(x (B, L, D), weight (D,), eps (1,), w_qkv (G (rep + 2) hd, D) | wq (G rep hd, D), wk (G hd, D),
+// wv (G hd, D), cos, sin, partner, sign, k_cache, v_cache, mask, start (as CachedAttention), wo (N, G rep hd),
+// residual (B, L, N)) -> (B, L, N)
+extern "C" int AttentionBlock(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                              void *stream, void *extra) {
+  if (nparam != 15 && nparam != 17) return 1;
+  const int nw = nparam == 15 ? 1 : 3, at = 3 + nw;
+  for (int i = 0; i < 3 + nw; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  const int64_t D = shapes[0][2], B = shapes[0][0], L = shapes[0][1], M = B * L;
+  const int64_t G = shapes[at + 4][1], hd = shapes[at + 4][3];
+  const int64_t rep = nw == 1 ? shapes[3][0] / (G * hd) - 2 : shapes[3][0] / (G * hd);
+  if (shapes[1][0] != D || shapes[3][1] != D || (nw == 1 ? shapes[3][0] != G * (rep + 2) * hd
+                                                        : shapes[4][0] != G * hd || shapes[5][0] != G * hd ||
+                                                              shapes[4][1] != D || shapes[5][1] != D))
+    return 2;
+  const Product out = product_args(nparam, params, ndims, shapes, dtypes, at + 8, M, G * rep * hd);
+  if (!out.w || !out.residual) return 2;
+  const RmsNormArgs norm{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                         *static_cast<const float *>(params[2]), scratch(0, M * D), D};
+  rms_norm_rows(&norm, 0, M);
+  float *qkv = scratch(1, M * G * (rep + 2) * hd);
+  const float *w = static_cast<const float *>(params[3]);
+  QKV h;
+  if (nw == 1) {
+    matmul(norm.y, w, nullptr, qkv, M, G * (rep + 2) * hd, D);
+    h = QKV::fused(qkv, G, rep, hd);
+  } else {
+    float *q = qkv, *k = q + M * G * rep * hd, *v = k + M * G * hd;
+    matmul(norm.y, w, nullptr, q, M, G * rep * hd, D);
+    matmul(norm.y, static_cast<const float *>(params[4]), nullptr, k, M, G * hd, D);
+    matmul(norm.y, static_cast<const float *>(params[5]), nullptr, v, M, G * hd, D);
+    h = QKV::separate(q, k, v, G, rep, hd);
+  }
+  float *y = scratch(2, M * G * rep * hd);
+  if (const int err = attend(h.q, h.k, h.v, B, L, rep, params, shapes, dtypes, at, y)) return err;
+  matmul(y, out.w, out.residual, static_cast<float *>(params[nparam - 1]), M, out.N, G * rep * hd);
+  return 0;
+}
+
+// FeedForward(x (..., D), weight (D,), eps (1,), w13 (2F, D) with gate and up rows interleaved | w1 (F, D),
+// w3 (F, D), w2 (D, F), residual (..., D)) -> residual + w2 (silu(gate) * up) of RmsNorm(x) (..., D)
+extern "C" int FeedForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                           void *extra) {
+  if (nparam != 7 && nparam != 8) return 1;
+  const bool pairs = nparam == 7;
+  const int iw2 = pairs ? 4 : 5;
+  for (int i = 0; i < iw2; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  const int64_t D = shapes[0][ndims[0] - 1], M = numel(ndims[0], shapes[0]) / D, F = shapes[iw2][1];
+  if (shapes[1][0] != D || shapes[3][1] != D || shapes[3][0] != (pairs ? 2 * F : F) ||
+      (!pairs && (shapes[4][0] != F || shapes[4][1] != D)))
+    return 2;
+  const Product down = product_args(nparam, params, ndims, shapes, dtypes, iw2, M, F);
+  if (!down.w || !down.residual || down.N != D) return 2;
+  const RmsNormArgs norm{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                         *static_cast<const float *>(params[2]), scratch(0, M * D), D};
+  rms_norm_rows(&norm, 0, M);
+  float *gu = scratch(1, 2 * M * F);
+  if (pairs) {
+    matmul(norm.y, static_cast<const float *>(params[3]), nullptr, gu, M, 2 * F, D);
+  } else {
+    matmul(norm.y, static_cast<const float *>(params[3]), nullptr, gu, M, F, D);
+    matmul(norm.y, static_cast<const float *>(params[4]), nullptr, gu + M * F, M, F, D);
+  }
+  const SiluMulArgs act{gu, pairs ? nullptr : gu + M * F, scratch(2, M * F)};
+  mindkit::ThreadPool::get().run(silu_mul_range, &act, M * F, kChunk);
+  matmul(act.y, down.w, down.residual, static_cast<float *>(params[nparam - 1]), M, D, F);
   return 0;
 }

@@ -22,18 +22,6 @@ def matmul_t():
     return _op("MatMulT", lambda x, w, *residual: [x[0], w[0]])
 
 
-def norm_matmul_t():
-    """(x (M, K), weight (K,), eps (1,), w (N, K)[, residual (M, N)]) -> RMSNorm(x) @ w^T (+ residual) (M, N): a
-    block's first projection with the norm before it folded in."""
-    return _op("NormMatMulT", lambda x, weight, eps, w, *residual: [x[0], w[0]])
-
-
-def silu_matmul_t():
-    """(gu (M, 2F) with gate and up interleaved, w (N, F)[, residual (M, N)]) -> (silu(gate) * up) @ w^T
-    (+ residual) (M, N): the FFN's down projection with SwiGLU folded in."""
-    return _op("SiluMatMulT", lambda gu, w, *residual: [gu[0], w[0]])
-
-
 def rms_norm():
     """(x (..., D), weight (D,), eps (1,)) -> (..., D)."""
     return _op("RmsNorm", lambda x, w, eps: x)
@@ -60,6 +48,20 @@ def cached_attention():
             return [q[0], q[1], rest[10][0]]
         return [q[0], q[1], q[2] * (q[3] - 2) * q[4] if len(q) == 5 else q[2] * q[3]]
     return _op("CachedAttention", out_shape)
+
+
+def attention_block():
+    """(x (B, L, D), norm weight (D,), eps (1,), w_qkv (G (rep + 2) hd, D) | wq, wk, wv, cos, sin, partner, sign,
+    k_cache, v_cache, mask, start (as cached_attention), wo (N, G rep hd), residual (B, L, N)) -> (B, L, N):
+    residual + wo(attention(RMSNorm(x))), a decode step's attention block in one launch."""
+    return _op("AttentionBlock", lambda x, *rest: [x[0], x[1], rest[-2][0]])
+
+
+def feed_forward():
+    """(x (..., D), norm weight (D,), eps (1,), w13 (2F, D) with gate/up rows interleaved | w1 (F, D), w3 (F, D),
+    w2 (D, F), residual (..., D)) -> residual + w2(silu(gate) * up) of RMSNorm(x): a decode step's FFN block in one
+    launch."""
+    return _op("FeedForward", lambda x, *rest: x)
 
 
 if __name__ == "__main__":
