@@ -333,7 +333,8 @@ def main():
 def run_child(args, impl):
     """One implementation's rows from a child process of its own, so its peak RSS, threads and compiled graphs are
     its own."""
-    child = [sys.executable, os.path.abspath(__file__), "--_child", impl, "--models", *args.models, "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
+    child = [sys.executable, os.path.abspath(__file__), "--_child", impl, "--models", *args.models,
+             "--batch", *map(str, args.batch), "--prompt", *map(str, args.prompt),
              "--new-tokens", str(args.new_tokens), "--mode", str(args.mode), "--dtype", args.dtype,
              "--reference-tokens", str(args.reference_tokens), "--repeats", str(args.repeats)]
     child += ["--qkv-concat"] * args.qkv_concat + ["--graph-kernel"] * args.graph_kernel

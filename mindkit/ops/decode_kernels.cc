@@ -1,10 +1,11 @@
 // Fused CPU kernels for one decode step (MindSpore Custom "aot" ops; built by mindkit/ops/aot.py).
-// A compiled SmolLM2 decode step is ~1250 small kernels and each costs 10-40 us to launch on a CPU, as much as
-// reading all the weights; these kernels do the glue between the projections (norm, RoPE + KV-cache write +
-// attention, SwiGLU) in one launch each. The elementwise ones (norm, SwiGLU) also serve prefill, where MindSpore's
-// own ops are slow too (splitting interleaved gate/up pairs alone cost ~36 ms a layer for 1024 tokens). Every
-// kernel computes what the MindSpore ops it replaces compute, in float32, up to the order of float additions and
-// exp's last bit.
+// A compiled SmolLM2 decode step was ~1250 small MindSpore kernels, and MindSpore's runtime spends 30-80 us on each
+// launch here, as much as reading all the weights. A decode step is now two kernels a decoder layer (AttentionBlock:
+// norm, QKV, RoPE + KV-cache write + attention, output projection + residual; FeedForward: norm, gate/up, SwiGLU,
+// down projection + residual), the products on the few-row MatMulT. The parts also stand alone: the elementwise
+// ones (norm, SwiGLU) and CachedAttention serve prefill, where MindSpore's own ops are slow too (splitting
+// interleaved gate/up pairs alone cost ~36 ms a layer for 1024 tokens). Every kernel computes what the MindSpore
+// ops it replaces compute, in float32, up to the order of float additions and exp's last bit.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -327,7 +328,7 @@ static void attention_units(const void *ctx, int64_t u0, int64_t u1) {
 // with cos, sin, partner, sign, k_cache, v_cache, mask, start at params[at ..] (see CachedAttention): keys and values
 // written into the caches, the output (B, L, H * hd) into ``out``. Nonzero when the shapes do not fit.
 static int attend(const Heads &q, const Heads &k, const Heads &v, int64_t B, int64_t L, int64_t rep, void **params,
-           int64_t **shapes, const char **dtypes, int at, float *out) {
+                  int64_t **shapes, const char **dtypes, int at, float *out) {
   for (int i : {0, 1, 3, 4, 5, 6})
     if (!is_f32(dtypes[at + i])) return 2;
   if (std::strcmp(dtypes[at + 2], "int32") || std::strcmp(dtypes[at + 7], "int32")) return 2;
