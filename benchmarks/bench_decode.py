@@ -5,7 +5,8 @@ tokens/s, batch throughput (generated tokens × batch / total time), peak RSS, a
 step achieves (weights + KV cache read per step / step time) as a fraction of the machine's read bandwidth,
 measured in a process of its own right before each timed generation (the highest of a row's measurements: this
 shared machine's speed moves by ±20% within minutes, so a figure taken once at the start says little about a row
-run minutes later).
+run minutes later): ``bw`` against the peak (best of five ~30 ms reads), ``sust`` against reads that last as long as
+a generation.
 Each implementation runs in a child process of its own (peak RSS, threads and compiled graphs its own): the HF
 reference (optional extra: pip install -r requirements-bench.txt), mindkit, and with ``--quant-weight int8``
 mindkit with weight-only int8 weights (impl ``mindkit-int8``): its speed, its checkpoint size against the float
@@ -59,37 +60,42 @@ def model_state(name, cfg):
     return {p.name: p.asnumpy() for p in m.get_parameters()}
 
 
-def measure_bandwidth(mb=512, repeats=5):
-    """Read bandwidth (GB/s) of this machine: two threads summing halves of a large float32 array."""
+SUSTAINED_PASSES = 40   # ~1.3 s of reading: about as long as a timed generation of 32 tokens
+
+
+def measure_bandwidth(mb=512, repeats=5, passes=1):
+    """Read bandwidth (GB/s) of this machine: two threads summing halves of a large float32 array ``passes`` times
+    in a row, the best of ``repeats``. One pass (~30 ms) finds the machine's peak; SUSTAINED_PASSES last as long as a
+    timed generation and so meet the same share of a shared CPU."""
     a = np.ones(mb * 2 ** 20 // 4, np.float32)
     halves = np.array_split(a, 2)
     best = 0.0
     for _ in range(repeats):
-        threads = [threading.Thread(target=np.add.reduce, args=(h,)) for h in halves]
+        threads = [threading.Thread(target=lambda h=h: [np.add.reduce(h) for _ in range(passes)]) for h in halves]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+        best = max(best, passes * a.nbytes / (time.perf_counter() - t0) / 1e9)
     return best
 
 
 def bandwidth_now():
-    """measure_bandwidth in a fresh process (this one's memory and threads left alone)."""
+    """(peak, sustained) measure_bandwidth, in a fresh process (this one's memory and threads left alone)."""
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_measure"], stdout=subprocess.PIPE,
                          text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return tuple(float(v) for v in out.stdout.strip().splitlines()[-1].split())
 
 
 def fastest(run, repeats, seconds):
-    """The result of ``repeats`` calls of ``run`` that ``seconds(result)`` says took least, and the highest read
-    bandwidth measured right before each call."""
+    """The result of ``repeats`` calls of ``run`` that ``seconds(result)`` says took least, and the highest (peak,
+    sustained) read bandwidths measured right before each call."""
     results, bandwidths = [], []
     for _ in range(repeats):
         bandwidths.append(bandwidth_now())
         results.append(run())
-    return min(results, key=seconds), max(bandwidths)
+    return min(results, key=seconds), tuple(max(b) for b in zip(*bandwidths))
 
 
 def prompts_for(batch, length, vocab, seed=0):
@@ -97,6 +103,7 @@ def prompts_for(batch, length, vocab, seed=0):
 
 
 def row(impl, model, batch, plen, new, ttft, total, steps, weight_bytes, kv_bytes_per_slot, bandwidth, extra=None):
+    """``bandwidth``: the machine's (peak, sustained) read bandwidth next to this row, GB/s."""
     decode_s = (total - ttft) / max(steps - 1, 1)
     slots = plen + new / 2                     # mean cache length read during decode
     step_bytes = weight_bytes + kv_bytes_per_slot * batch * slots
@@ -104,8 +111,9 @@ def row(impl, model, batch, plen, new, ttft, total, steps, weight_bytes, kv_byte
              prefill_tok_s=batch * plen / ttft, ttft_ms=ttft * 1e3, decode_ms_per_token=decode_s * 1e3,
              decode_tok_s=batch / decode_s, throughput_tok_s=batch * new / total,
              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             bandwidth_gb_s=step_bytes / decode_s / 1e9, machine_bandwidth_gb_s=bandwidth,
-             bandwidth_fraction=step_bytes / decode_s / 1e9 / bandwidth)
+             bandwidth_gb_s=step_bytes / decode_s / 1e9, machine_bandwidth_gb_s=bandwidth[0],
+             bandwidth_fraction=step_bytes / decode_s / 1e9 / bandwidth[0],
+             sustained_bandwidth_gb_s=bandwidth[1], sustained_fraction=step_bytes / decode_s / 1e9 / bandwidth[1])
     r.update(extra or {})
     return r
 
@@ -248,8 +256,8 @@ def run_hf(args):
 COLUMNS = [("impl", "{:12}"), ("model", "{:5}"), ("batch", "{:>5}"), ("prompt", "{:>6}"), ("prefill_tok_s", "{:>9.1f}"),
            ("ttft_ms", "{:>8.1f}"), ("decode_ms_per_token", "{:>9.2f}"), ("decode_tok_s", "{:>8.1f}"),
            ("throughput_tok_s", "{:>8.1f}"), ("peak_rss_mb", "{:>7.0f}"), ("bandwidth_fraction", "{:>6.0%}"),
-           ("machine_bandwidth_gb_s", "{:>5.1f}")]
-HEADER = "impl         model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw  GB/s"
+           ("machine_bandwidth_gb_s", "{:>5.1f}"), ("sustained_fraction", "{:>5.0%}")]
+HEADER = "impl         model batch prompt prefill/s  ttft ms  ms/token  tok/s   thru/s  RSS MB    bw  GB/s  sust"
 
 
 def format_row(r):
@@ -278,7 +286,7 @@ def main():
     if args.quick:
         args.models, args.batch, args.prompt = ["real"], [1, 8], [32, 128]
     if args._measure:
-        print(measure_bandwidth())
+        print(measure_bandwidth(), measure_bandwidth(repeats=1, passes=SUSTAINED_PASSES))
         return
     if args._child:
         quant = None if args._child in ("hf", "mindkit") else args._child.split("-")[1]

@@ -399,13 +399,14 @@ extern "C" int AttentionBlock(int nparam, void **params, int *ndims, int64_t **s
   const int nw = nparam == 15 ? 1 : 3, at = 3 + nw;
   for (int i = 0; i < 3 + nw; ++i)
     if (!is_f32(dtypes[i])) return 1;
-  const int64_t D = shapes[0][2], B = shapes[0][0], L = shapes[0][1], M = B * L;
+  if (ndims[0] != 3) return 2;
+  const int64_t B = shapes[0][0], L = shapes[0][1], D = shapes[0][2], M = B * L;
   const int64_t G = shapes[at + 4][1], hd = shapes[at + 4][3];
-  const int64_t rep = nw == 1 ? shapes[3][0] / (G * hd) - 2 : shapes[3][0] / (G * hd);
-  if (shapes[1][0] != D || shapes[3][1] != D || (nw == 1 ? shapes[3][0] != G * (rep + 2) * hd
-                                                        : shapes[4][0] != G * hd || shapes[5][0] != G * hd ||
-                                                              shapes[4][1] != D || shapes[5][1] != D))
-    return 2;
+  const int64_t q_rows = nw == 1 ? shapes[3][0] - 2 * G * hd : shapes[3][0], rep = q_rows / (G * hd);
+  bool fits = shapes[1][0] == D && rep >= 1 && q_rows == G * rep * hd;
+  for (int i = 3; i < 3 + nw; ++i) fits = fits && ndims[i] == 2 && shapes[i][1] == D;
+  if (nw == 3) fits = fits && shapes[4][0] == G * hd && shapes[5][0] == G * hd;
+  if (!fits) return 2;
   const Product out = product_args(nparam, params, ndims, shapes, dtypes, at + 8, M, G * rep * hd);
   if (!out.w || !out.residual) return 2;
   const RmsNormArgs norm{static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
@@ -440,8 +441,8 @@ extern "C" int FeedForward(int nparam, void **params, int *ndims, int64_t **shap
   for (int i = 0; i < iw2; ++i)
     if (!is_f32(dtypes[i])) return 1;
   const int64_t D = shapes[0][ndims[0] - 1], M = numel(ndims[0], shapes[0]) / D, F = shapes[iw2][1];
-  if (shapes[1][0] != D || shapes[3][1] != D || shapes[3][0] != (pairs ? 2 * F : F) ||
-      (!pairs && (shapes[4][0] != F || shapes[4][1] != D)))
+  if (shapes[1][0] != D || ndims[3] != 2 || shapes[3][1] != D || shapes[3][0] != (pairs ? 2 * F : F) ||
+      (!pairs && (ndims[4] != 2 || shapes[4][0] != F || shapes[4][1] != D)))
     return 2;
   const Product down = product_args(nparam, params, ndims, shapes, dtypes, iw2, M, F);
   if (!down.w || !down.residual || down.N != D) return 2;
