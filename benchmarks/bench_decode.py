@@ -63,12 +63,17 @@ def model_state(name, cfg):
 SUSTAINED_PASSES = 40   # ~1.3 s of reading: about as long as a timed generation of 32 tokens
 
 
-def measure_bandwidth(mb=512, repeats=5, passes=1):
-    """Read bandwidth (GB/s) of this machine: two threads summing halves of a large float32 array ``passes`` times
-    in a row, the best of ``repeats``. One pass (~30 ms) finds the machine's peak; SUSTAINED_PASSES last as long as a
-    timed generation and so meet the same share of a shared CPU."""
-    a = np.ones(mb * 2 ** 20 // 4, np.float32)
-    halves = np.array_split(a, 2)
+def halves_to_read(mb=512):
+    """The two halves of a float32 array of ``mb`` MB, far larger than any cache, that measure_bandwidth reads."""
+    return np.array_split(np.ones(mb * 2 ** 20 // 4, np.float32), 2)
+
+
+def measure_bandwidth(repeats=5, passes=1, halves=None):
+    """Read bandwidth (GB/s) of this machine: two threads summing ``halves`` (halves_to_read by default) ``passes``
+    times in a row, the best of ``repeats``. One pass (~30 ms) finds the machine's peak; SUSTAINED_PASSES last as long
+    as a timed generation and so meet the same share of a shared CPU."""
+    halves = halves_to_read() if halves is None else halves
+    nbytes = sum(h.nbytes for h in halves)
     best = 0.0
     for _ in range(repeats):
         threads = [threading.Thread(target=lambda h=h: [np.add.reduce(h) for _ in range(passes)]) for h in halves]
@@ -77,7 +82,7 @@ def measure_bandwidth(mb=512, repeats=5, passes=1):
             t.start()
         for t in threads:
             t.join()
-        best = max(best, passes * a.nbytes / (time.perf_counter() - t0) / 1e9)
+        best = max(best, passes * nbytes / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -286,7 +291,8 @@ def main():
     if args.quick:
         args.models, args.batch, args.prompt = ["real"], [1, 8], [32, 128]
     if args._measure:
-        print(measure_bandwidth(), measure_bandwidth(repeats=1, passes=SUSTAINED_PASSES))
+        halves = halves_to_read()
+        print(measure_bandwidth(halves=halves), measure_bandwidth(repeats=1, passes=SUSTAINED_PASSES, halves=halves))
         return
     if args._child:
         quant = None if args._child in ("hf", "mindkit") else args._child.split("-")[1]

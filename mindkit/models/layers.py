@@ -85,6 +85,14 @@ def decode_kernel(kernel, training, x):
     return inference_kernel(kernel, training, x) and x.size // x.shape[-1] <= FEW_ROWS
 
 
+def decode_block(kernel, training, x, norm, residual):
+    """Whether a decoder block's one-launch ``kernel`` may take ``x``: inference_kernel, with the float32 RMSNorm
+    before the block and the residual after it given (the kernel computes both). Its projections decide the rest
+    (Linear.folds)."""
+    return (inference_kernel(kernel, training, x) and norm is not None and residual is not None
+            and norm.fused is not None)
+
+
 def few_rows_matmul(param_init_type, compute_dtype):
     """The decode-step x @ W^T kernel for float32 weights, else None."""
     return decode_kernels.matmul_t() if param_init_type == compute_dtype == "float32" else None

@@ -8,8 +8,8 @@ from mindspore import nn, ops
 
 from mindkit.checkpoint.fused import match_layout
 from mindkit.models.causal_lm import CachedAttention, CausalLM, StagedLayers, StepInputs
-from mindkit.models.layers import (Embedding, Linear, RMSNorm, SwiGLU, cast, inference_kernel, ms_dtype,
-                                   rope_tables)
+from mindkit.models.layers import (Embedding, Linear, RMSNorm, SwiGLU, cast, decode_block, inference_kernel,
+                                   ms_dtype, rope_tables)
 from mindkit.models.llama_config import LlamaConfig
 from mindkit.ops import decode_kernels
 from mindkit.parallel.pipeline import PipelineStage
@@ -49,8 +49,8 @@ class LlamaAttention(nn.Cell):
         """``norm``: the RMSNorm applied to x first; ``residual``: what the output projection adds its result to (see
         Linear). A decode step's block (both given) is one kernel."""
         B, L, _ = x.shape
-        if (self.block is not None and norm is not None and residual is not None and norm.fused is not None
-                and self.core.kernel_takes(x, cache) and self.folds(B * L)):
+        if (decode_block(self.block, self.training, x, norm, residual) and self.core.kernel_takes(x, cache)
+                and self.folds(B * L)):
             weights = (self.w_qkv.weight,) if self.qkv_concat else (self.wq.weight, self.wk.weight, self.wv.weight)
             return self.block(x, norm.weight, norm.eps_tensor, *weights,
                               *self.core.kernel_inputs(B, L, cos, sin, mask, cache, start), self.wo.weight, residual)
@@ -94,8 +94,7 @@ class LlamaFeedForward(nn.Cell):
     def construct(self, x, norm=None, residual=None):
         """``norm``: the RMSNorm applied to x first; ``residual``: what w2 adds its result to (see Linear). A decode
         step's block (both given) is one kernel."""
-        if (self.block is not None and norm is not None and residual is not None and norm.fused is not None
-                and inference_kernel(self.block, self.training, x) and self.folds(x.size // x.shape[-1])):
+        if decode_block(self.block, self.training, x, norm, residual) and self.folds(x.size // x.shape[-1]):
             weights = (self.w_gate_hidden.weight,) if self.fused else (self.w1.weight, self.w3.weight)
             return self.block(x, norm.weight, norm.eps_tensor, *weights, self.w2.weight, residual)
         if norm is not None:
