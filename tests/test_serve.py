@@ -239,9 +239,10 @@ def test_api_key_queue_limit_and_sigterm_drain(tiny_ckpt, tiny_sp_model, tmp_pat
         results = []
         run = lambda: results.append(client.request(s.base, "POST", "/v1/completions", body, api_key="sekrit"))  # noqa
         threads = [threading.Thread(target=run) for _ in range(4)]
-        for t in threads:
+        for t in threads:  # all four arrive within ~0.1 s, while the first still generates its 100 tokens
             t.start()
-            time.sleep(0.3)
+            time.sleep(0.02)
+        time.sleep(0.1)
         s.proc.send_signal(signal.SIGTERM)  # drains: the running and the queued one finish, new ones get 503
         time.sleep(0.3)
         late = client.request(s.base, "POST", "/v1/completions", body, api_key="sekrit")
