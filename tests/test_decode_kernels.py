@@ -14,7 +14,7 @@ from mindkit.generation.model_runner import ModelRunner
 from mindkit.models import ChatGLM2Config, ChatGLM2ForConditionalGeneration, LlamaConfig, LlamaForCausalLM
 from mindkit.models.causal_lm import CachedAttention
 from mindkit.models.layers import FEW_ROWS, Linear, RMSNorm, SwiGLU
-from mindkit.models.llama import LlamaAttention, LlamaFeedForward
+from mindkit.models.llama import LlamaAttention, LlamaDecodeLayer, LlamaFeedForward
 from mindkit.ops import aot, decode_kernels
 
 pytestmark = pytest.mark.skipif(aot.library(decode_kernels.SOURCE) is None, reason="kernels cannot be built here")
@@ -80,11 +80,11 @@ def test_kernels_equal_plain_ops(kind, changes, compiled):
                                           ("glm2", {})])
 def test_prefill_and_every_decode_step_of_a_full_batch_take_the_fused_attention(kind, changes):
     """FEW_ROWS rows, whatever the head layout of q (a fused QKV's q once counted as tokens x heads): attention's
-    kernel, or Llama's attention-block kernel that holds it."""
+    kernel, or Llama's decoder-layer kernel that holds it."""
     model = build(kind, True, **changes)
     calls = []
     for _, cell in model.cells_and_names():
-        attr = {CachedAttention: "fused", LlamaAttention: "block"}.get(type(cell))
+        attr = {CachedAttention: "fused", LlamaDecodeLayer: "kernel"}.get(type(cell))
         if attr:
             setattr(cell, attr, lambda *args, kernel=getattr(cell, attr): calls.append(1) or kernel(*args))
     steps(model, compiled=False, new_tokens=2, prompts=[PROMPTS[0]] * FEW_ROWS)
@@ -160,7 +160,7 @@ def kernel_calls(model):
             return kernel(*args)
         return call
     kinds = {RMSNorm: ("fused",), SwiGLU: ("fused",), CachedAttention: ("fused",), Linear: ("few_rows_matmul",),
-             LlamaAttention: ("block",), LlamaFeedForward: ("block", "act")}
+             LlamaAttention: ("block",), LlamaFeedForward: ("block", "act"), LlamaDecodeLayer: ("kernel",)}
     for _, cell in model.model.layers.cells_and_names():
         for attr in kinds.get(type(cell), ()):
             if getattr(cell, attr) is not None:
@@ -169,9 +169,9 @@ def kernel_calls(model):
 
 
 @pytest.mark.parametrize("qkv_concat", [False, True])
-def test_a_llama_decode_step_is_two_kernels_a_layer(qkv_concat):
-    """The attention block and the FFN block, each one launch, and nothing else in a layer; their logits are
-    test_kernels_equal_plain_ops'. A prefill past FEW_ROWS runs the separate kernels."""
+def test_a_llama_decode_step_is_one_kernel_a_layer(qkv_concat):
+    """One launch a decoder layer and nothing else in it; its logits are test_kernels_equal_plain_ops'. A prefill
+    past FEW_ROWS runs the separate kernels."""
     counts = []
     for new_tokens in (1, 2):
         model = build("llama", True, qkv_concat=qkv_concat)
@@ -181,15 +181,19 @@ def test_a_llama_decode_step_is_two_kernels_a_layer(qkv_concat):
     layers = model.config.num_layers
     assert counts[0]["CachedAttention.fused"] == layers and counts[0]["RMSNorm.fused"] == 2 * layers  # prefill
     step = {k: counts[1][k] - counts[0].get(k, 0) for k in counts[1] if counts[1][k] != counts[0].get(k, 0)}
-    assert step == {"LlamaAttention.block": layers, "LlamaFeedForward.block": layers}
+    assert step == {"LlamaDecodeLayer.kernel": layers}
 
 
-def test_lora_adapters_are_never_folded_away():
-    """A LoRA-adapted projection keeps its adapter in a decode step: the same logits as its merged weights."""
+@pytest.mark.parametrize("targets,blocks", [
+    ([".*w_qkv", ".*wo", ".*w_gate_hidden", ".*w2"], set()),
+    ([".*wo"], {"LlamaFeedForward.block"}),                 # the FFN is still one kernel, the attention is not
+    ([".*w_gate_hidden"], {"LlamaAttention.block"})])
+def test_lora_adapters_are_never_folded_away(targets, blocks):
+    """A LoRA-adapted projection keeps its adapter in a decode step: the same logits as its merged weights. A block
+    without adapters is still its one kernel, and the layer is never one."""
     from mindkit.models.lora import apply_lora, merge_lora
     tuned = build("llama", True, qkv_concat=True)
-    apply_lora(tuned, {"pet_type": "lora", "lora_rank": 2, "lora_alpha": 4,
-                       "target_modules": [".*w_qkv", ".*wo", ".*w_gate_hidden", ".*w2"]})
+    apply_lora(tuned, {"pet_type": "lora", "lora_rank": 2, "lora_alpha": 4, "target_modules": targets})
     rng = np.random.default_rng(5)
     for p in tuned.get_parameters():
         if p.name.endswith("lora_b"):
@@ -201,6 +205,9 @@ def test_lora_adapters_are_never_folded_away():
         p.set_data(ms.Tensor(state[p.name]))
     (got, _), (want, _) = steps(tuned, compiled=True), steps(merged, compiled=True)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    calls = kernel_calls(tuned)
+    steps(tuned, compiled=False, new_tokens=1)
+    assert {k for k in calls if k.endswith(".block") or k.endswith(".kernel")} == blocks
 
 
 def test_one_token_prompt_into_a_row_of_a_shared_cache():

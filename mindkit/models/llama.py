@@ -45,15 +45,24 @@ class LlamaAttention(nn.Cell):
             return self.w_qkv.folds(rows) and self.wo.folds(rows)
         return self.wq.folds(rows) and self.wk.folds(rows) and self.wv.folds(rows) and self.wo.folds(rows)
 
+    def block_takes(self, x, norm, residual, cache):
+        """Whether this call is one AttentionBlock kernel (layers.decode_block, the cache, Linear.folds)."""
+        return (decode_block(self.block, self.training, x, norm, residual) and self.core.kernel_takes(x, cache)
+                and self.folds(x.size // x.shape[-1]))
+
+    def block_inputs(self, x, cos, sin, mask, cache, start, norm):
+        """The AttentionBlock kernel's inputs before the residual."""
+        B, L, _ = x.shape
+        weights = (self.w_qkv.weight,) if self.qkv_concat else (self.wq.weight, self.wk.weight, self.wv.weight)
+        return (x, norm.weight, norm.eps_tensor, *weights, *self.core.kernel_inputs(B, L, cos, sin, mask, cache, start),
+                self.wo.weight)
+
     def construct(self, x, cos, sin, mask, cache, start, norm=None, residual=None):
         """``norm``: the RMSNorm applied to x first; ``residual``: what the output projection adds its result to (see
         Linear). A decode step's block (both given) is one kernel."""
         B, L, _ = x.shape
-        if (decode_block(self.block, self.training, x, norm, residual) and self.core.kernel_takes(x, cache)
-                and self.folds(B * L)):
-            weights = (self.w_qkv.weight,) if self.qkv_concat else (self.wq.weight, self.wk.weight, self.wv.weight)
-            return self.block(x, norm.weight, norm.eps_tensor, *weights,
-                              *self.core.kernel_inputs(B, L, cos, sin, mask, cache, start), self.wo.weight, residual)
+        if self.block_takes(x, norm, residual, cache):
+            return self.block(*self.block_inputs(x, cos, sin, mask, cache, start, norm), residual)
         if norm is not None:
             x = norm(x)
         if self.qkv_concat:  # rows grouped per KV head: [q heads of group g; k_g; v_g]
@@ -91,12 +100,20 @@ class LlamaFeedForward(nn.Cell):
             return self.w_gate_hidden.folds(rows) and self.w2.folds(rows)
         return self.w1.folds(rows) and self.w3.folds(rows) and self.w2.folds(rows)
 
+    def block_takes(self, x, norm, residual):
+        """Whether this call is one FeedForward kernel (layers.decode_block, Linear.folds)."""
+        return decode_block(self.block, self.training, x, norm, residual) and self.folds(x.size // x.shape[-1])
+
+    def block_weights(self, norm):
+        """The FeedForward kernel's inputs between x and the residual."""
+        weights = (self.w_gate_hidden.weight,) if self.fused else (self.w1.weight, self.w3.weight)
+        return (norm.weight, norm.eps_tensor, *weights, self.w2.weight)
+
     def construct(self, x, norm=None, residual=None):
         """``norm``: the RMSNorm applied to x first; ``residual``: what w2 adds its result to (see Linear). A decode
         step's block (both given) is one kernel."""
-        if decode_block(self.block, self.training, x, norm, residual) and self.folds(x.size // x.shape[-1]):
-            weights = (self.w_gate_hidden.weight,) if self.fused else (self.w1.weight, self.w3.weight)
-            return self.block(x, norm.weight, norm.eps_tensor, *weights, self.w2.weight, residual)
+        if self.block_takes(x, norm, residual):
+            return self.block(x, *self.block_weights(norm), residual)
         if norm is not None:
             x = norm(x)
         if self.fused:
@@ -116,8 +133,14 @@ class LlamaDecodeLayer(nn.Cell):
         self.attention = LlamaAttention(cfg, tp)
         self.ffn_norm = RMSNorm(cfg.hidden_size, **norm)
         self.feed_forward = LlamaFeedForward(cfg, tp)
+        self.kernel = decode_kernels.decoder_layer() if cfg.compute_dtype == "float32" else None
 
     def construct(self, x, cos, sin, mask, cache, start):
+        # a decode step's layer is one kernel when both of its blocks would be one (h has x's shape)
+        if (self.kernel is not None and self.attention.block_takes(x, self.attention_norm, x, cache)
+                and self.feed_forward.block_takes(x, self.ffn_norm, x)):
+            return self.kernel(*self.attention.block_inputs(x, cos, sin, mask, cache, start, self.attention_norm), x,
+                               *self.feed_forward.block_weights(self.ffn_norm))
         h = self.attention(x, cos, sin, mask, cache, start, self.attention_norm, x)
         return self.feed_forward(h, self.ffn_norm, h)
 

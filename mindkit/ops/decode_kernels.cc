@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "thread_pool.h"
@@ -147,10 +148,11 @@ void matmul(const float *x, const float *w, const float *residual, float *y, int
   mindkit::ThreadPool::get().run(matmul_rows, &a, N, 64);
 }
 
-// Buffer ``slot`` (of three) of at least n floats for what a block kernel computes on the way (a normalized input,
-// projections, attention's output), per launching thread: a decode step's few rows, reused from launch to launch.
+// Buffer ``slot`` (of four) of at least n floats for what a block kernel computes on the way (a normalized input,
+// projections, attention's output, a layer's hidden state between its blocks), per launching thread: a decode step's
+// few rows, reused from launch to launch.
 float *scratch(int slot, int64_t n) {
-  thread_local std::vector<float> buf[3];
+  thread_local std::vector<float> buf[4];
   if (static_cast<int64_t>(buf[slot].size()) < n) buf[slot].resize(n);
   return buf[slot].data();
 }
@@ -460,4 +462,35 @@ extern "C" int FeedForward(int nparam, void **params, int *ndims, int64_t **shap
   mindkit::ThreadPool::get().run(silu_mul_range, &act, M * F, kChunk);
   matmul(act.y, down.w, down.residual, static_cast<float *>(params[nparam - 1]), M, D, F);
   return 0;
+}
+
+// DecoderLayer(AttentionBlock's inputs, FeedForward's weights (norm weight, eps, w13 | w1, w3, w2)) -> (B, L, D): a
+// pre-norm decoder layer's decode step, h = AttentionBlock(x, ...), then FeedForward(h, ..., residual h), in one
+// launch (MindSpore's runtime costs tens of microseconds a launch here). Fused (w_qkv, w13) or separate weights.
+extern "C" int DecoderLayer(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                            void *stream, void *extra) {
+  if (nparam != 19 && nparam != 22) return 1;
+  const int attention = nparam == 19 ? 14 : 16, ffn = nparam - 1 - attention;  // inputs of each block
+  constexpr int kHidden = -1;  // h, the hidden state between the blocks: x's shape and dtype
+  float *h = scratch(3, numel(ndims[0], shapes[0]));
+  void *p[17];
+  int nd[17];
+  int64_t *sh[17];
+  const char *dt[17];
+  // a block called with inputs ``from`` (indices into params, or kHidden), then ``out``
+  const auto call = [&](auto block, const std::vector<int> &from, void *out) {
+    int n = 0;
+    for (const int i : from) {
+      const int j = i == kHidden ? 0 : i;
+      p[n] = i == kHidden ? h : params[j], nd[n] = ndims[j], sh[n] = shapes[j], dt[n] = dtypes[j], ++n;
+    }
+    p[n] = out, nd[n] = ndims[0], sh[n] = shapes[0], dt[n] = dtypes[0];
+    return block(n + 1, p, nd, sh, dt, stream, extra);
+  };
+  std::vector<int> first(attention), second{kHidden};
+  std::iota(first.begin(), first.end(), 0);
+  for (int i = 0; i < ffn; ++i) second.push_back(attention + i);
+  second.push_back(kHidden);
+  if (const int err = call(AttentionBlock, first, h)) return err;
+  return call(FeedForward, second, params[nparam - 1]);
 }

@@ -64,6 +64,13 @@ def feed_forward():
     return _op("FeedForward", lambda x, *rest: x)
 
 
+def decoder_layer():
+    """(attention_block's inputs, then feed_forward's weights (norm weight, eps, w13 | w1, w3, w2)) -> (B, L, D):
+    h = attention_block(x, ..., residual x), then feed_forward(h, ..., residual h), a decode step's pre-norm
+    decoder layer in one launch."""
+    return _op("DecoderLayer", lambda x, *rest: x)
+
+
 if __name__ == "__main__":
     ms.set_device("CPU")
     print(library(SOURCE) or "not built: plain MindSpore ops will be used")
