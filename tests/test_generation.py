@@ -3,6 +3,7 @@ lengths and EOS are honoured per row, streamers see the tokens."""
 import io
 
 import mindspore as ms
+import numpy as np
 import pytest
 
 from mindkit.errors import InputError
@@ -35,6 +36,25 @@ def test_compiled_equals_op_by_op_greedy(model, compiled):
         assert fast.sequences == eager.sequences
     assert any(k[0] == "prefill" for k in compiled.compile_seconds)
     assert any(k[0] == "decode" for k in compiled.compile_seconds)
+
+
+@pytest.mark.parametrize("compiled_step", [False, True])
+def test_a_greedy_step_returns_the_argmax_of_its_logits(model, compiled_step):
+    """Greedy generation takes token ids from the step itself (no B x vocab logits reach the host): the argmax of
+    the logits the same step returns otherwise, at prefill and at a decode step."""
+    runner = ModelRunner(model, compiled=compiled_step, slot_bucket=32)
+    ids = np.array([[5, 9, 17], [40, 41, 7]], np.int32)
+    B, P = ids.shape
+    runner.begin(B, 32)
+    valid = np.zeros((B, 32), np.bool_)
+    valid[:, :P] = True
+    positions = np.tile(np.arange(P, dtype=np.int32), (B, 1))
+    logits, tokens = runner.prefill(ids, positions, valid), runner.prefill(ids, positions, valid, greedy=True)
+    assert logits.shape == (B, 96) and tokens.shape == (B,) and (tokens == logits.argmax(-1)).all()
+    valid[:, P] = True
+    step = (tokens.astype(np.int32)[:, None], positions[:, -1:] + 1, valid, P)
+    logits, tokens = runner.decode(*step), runner.decode(*step, greedy=True)
+    assert (tokens == logits.argmax(-1)).all()
 
 
 def test_compiled_equals_op_by_op_sampling(model, compiled):

@@ -79,10 +79,11 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner
     done = np.zeros(B, np.bool_)
     seen = [set(p) for p in prompts] if gen.repetition_penalty != 1.0 else [()] * B
 
-    logits = runner.prefill(ids[:, :P], positions[:, :P], valid)
+    # greedy: the step returns its argmax token ids, and no logits leave it
+    out = runner.prefill(ids[:, :P], positions[:, :P], valid, sampler.greedy)
     ttft, generated, steps = None, 0, 0
     for step in range(max_new):
-        next_ids = sampler(logits, seen)
+        next_ids = out if sampler.greedy else sampler(out, seen)
         if ttft is None:
             ttft = time.perf_counter() - start_time
         for b in range(B):
@@ -104,9 +105,9 @@ def generate(model, prompts, gen: GenerationConfig = None, streamer=None, runner
         slot = P + step
         ids[:, slot], valid[:, slot] = next_ids, True
         if cfg.use_past:
-            logits = runner.decode(ids[:, slot:slot + 1], positions[:, slot:slot + 1], valid, slot)
+            out = runner.decode(ids[:, slot:slot + 1], positions[:, slot:slot + 1], valid, slot, sampler.greedy)
         else:  # MindFormers' use_past: False: no cache, the whole sequence again
-            logits = runner.prefill(ids[:, :slot + 1], positions[:, :slot + 1], valid)
+            out = runner.prefill(ids[:, :slot + 1], positions[:, :slot + 1], valid, sampler.greedy)
     if streamer is not None:
         streamer.end()
     return GenerateOutput(sequences, lengths, generated, ttft or 0.0, time.perf_counter() - start_time, steps)

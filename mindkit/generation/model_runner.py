@@ -4,25 +4,30 @@ Op by op (PyNative, ``context.mode: 1``), or compiled by ``mindspore.jit`` (``co
 is fixed-shape, so prompts are left-padded to a multiple of ``prompt_bucket`` and caches come in buckets of
 ``slot_bucket`` slots; a cache is kept per (batch, slots) with its compiled step, so each prefill length and each
 decode shape compiles once while its bucket is kept (the ``max_buckets`` most recent); ``compile_seconds`` records
-each shape's first-call time.
+each shape's first-call time. A greedy step returns its argmax token ids (B ints, not B x vocab floats) and is a
+graph of its own.
 """
 import collections
 import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
 from mindkit.generation.kv_cache import KVCache
 
 
 class DecodeStep(nn.Cell):
-    def __init__(self, model, cache):
+    """The model on ``cache``: logits (B, L, vocab), or with ``greedy`` their argmax (B, L) int32."""
+
+    def __init__(self, model, cache, greedy):
         super().__init__(auto_prefix=False)
         self.model, self.cache = model, cache
+        self.argmax = ops.Argmax(-1, ms.int32) if greedy else None
 
     def construct(self, ids, positions, valid, slot):
-        return self.model(ids, positions, valid, slot, self.cache.layers)
+        logits = self.model(ids, positions, valid, slot, self.cache.layers)
+        return logits if self.argmax is None else self.argmax(logits)
 
 
 class ModelRunner:
@@ -32,9 +37,10 @@ class ModelRunner:
         self.model, self.compiled = model, compiled
         self.slot_bucket, self.max_buckets = slot_bucket, max_buckets
         self.prompt_bucket = prompt_bucket if compiled else 1
-        self._buckets = collections.OrderedDict()   # (batch, slots) -> [cache, compiled step or None]
-        self.compile_seconds = {}  # ("prefill", batch, prompt, slots) / ("decode", batch, slots) -> first call, s
-        self.cache = self._step = self._key = None
+        self._buckets = collections.OrderedDict()   # (batch, slots) -> (cache, {greedy: step})
+        # ("prefill", batch, prompt, slots) / ("decode", batch, slots), + ("greedy",) -> first call, s
+        self.compile_seconds = {}
+        self.cache = self._steps = self._key = None
 
     def prompt_slots(self, longest, new_tokens):
         """Prompt width after left padding: a bucket when compiled, so prefill shapes repeat, unless the bucket
@@ -51,28 +57,29 @@ class ModelRunner:
         if key not in self._buckets:
             if len(self._buckets) >= self.max_buckets:
                 self._buckets.popitem(last=False)
-            cache = KVCache.for_model(self.model, batch, slots)
-            step = ms.jit(DecodeStep(self.model, cache).construct) if self.compiled else None
-            self._buckets[key] = [cache, step]
+            self._buckets[key] = (KVCache.for_model(self.model, batch, slots), {})
         self._buckets.move_to_end(key)
         self._key = key
-        self.cache, self._step = self._buckets[key]
+        self.cache, self._steps = self._buckets[key]
 
-    def prefill(self, ids, positions, valid):
-        """Write slots [0, P) and return the last position's logits (B, vocab) as numpy."""
+    def prefill(self, ids, positions, valid, greedy=False):
+        """Write slots [0, P) and return the last position's logits (B, vocab), or with ``greedy`` their argmax
+        (B,), as numpy."""
         return self._run(np.ascontiguousarray(ids), np.ascontiguousarray(positions), valid, 0,
-                         ("prefill",) + ids.shape + (self._key[1],))
+                         ("prefill",) + ids.shape + (self._key[1],), greedy)
 
-    def decode(self, ids, positions, valid, slot):
-        """Write slot ``slot`` (one token per row) and return its logits (B, vocab) as numpy."""
+    def decode(self, ids, positions, valid, slot, greedy=False):
+        """Write slot ``slot`` (one token per row) and return its logits (B, vocab), or with ``greedy`` their argmax
+        (B,), as numpy."""
         return self._run(np.ascontiguousarray(ids), np.ascontiguousarray(positions), valid,
-                         Tensor(np.int32(slot)) if self._step else int(slot), ("decode",) + self._key)
+                         Tensor(np.int32(slot)) if self.compiled else int(slot), ("decode",) + self._key, greedy)
 
-    def _run(self, ids, positions, valid, start, shape_key):
-        args = (Tensor(ids), Tensor(positions), Tensor(valid), start)
-        if self._step is None:
-            return self.model(*args, self.cache.layers).asnumpy()[:, -1]
+    def _run(self, ids, positions, valid, start, shape_key, greedy):
+        if greedy not in self._steps:
+            step = DecodeStep(self.model, self.cache, greedy)
+            self._steps[greedy] = ms.jit(step.construct) if self.compiled else step
         t0 = time.perf_counter()
-        logits = self._step(*args).asnumpy()[:, -1]
-        self.compile_seconds.setdefault(shape_key, time.perf_counter() - t0)
-        return logits
+        out = self._steps[greedy](Tensor(ids), Tensor(positions), Tensor(valid), start).asnumpy()[:, -1]
+        if self.compiled:
+            self.compile_seconds.setdefault(shape_key + ("greedy",) * greedy, time.perf_counter() - t0)
+        return out

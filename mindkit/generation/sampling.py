@@ -42,6 +42,8 @@ class Sampler:
     def __init__(self, gen_config):
         self.cfg = gen_config
         self.rng = np.random.default_rng(gen_config.seed)
+        # the argmax of the raw logits, which the step itself can take (ModelRunner's ``greedy``)
+        self.greedy = not gen_config.do_sample and gen_config.repetition_penalty == 1.0
 
     def __call__(self, logits, seen):
         cfg = self.cfg
