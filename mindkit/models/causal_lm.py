@@ -219,7 +219,7 @@ class CausalLM(nn.Cell, GenerationMixin):
 
     def construct(self, input_ids, positions, key_valid, start, caches, last_only=True):
         h = self.hidden_states(input_ids, positions, key_valid, start, caches)
-        if last_only:
+        if last_only and h.shape[1] > 1:  # (a decode step's one token needs no slice op)
             h = h[:, -1:]
         B, L, H = h.shape
         if self.holds_head:
