@@ -1,11 +1,12 @@
 // Fused CPU kernels for one decode step (MindSpore Custom "aot" ops; built by mindkit/ops/aot.py).
 // A compiled SmolLM2 decode step was ~1250 small MindSpore kernels, and MindSpore's runtime spends 30-80 us on each
-// launch here, as much as reading all the weights. A decode step is now two kernels a decoder layer (AttentionBlock:
-// norm, QKV, RoPE + KV-cache write + attention, output projection + residual; FeedForward: norm, gate/up, SwiGLU,
-// down projection + residual), the products on the few-row MatMulT. The parts also stand alone: the elementwise
-// ones (norm, SwiGLU) and CachedAttention serve prefill, where MindSpore's own ops are slow too (splitting
-// interleaved gate/up pairs alone cost ~36 ms a layer for 1024 tokens). Every kernel computes what the MindSpore
-// ops it replaces compute, in float32, up to the order of float additions and exp's last bit.
+// launch here, as much as reading all the weights. A decode step is now one kernel a decoder layer (DecoderLayer:
+// AttentionBlock, i.e. norm, QKV, RoPE + KV-cache write + attention, output projection + residual; then FeedForward,
+// i.e. norm, gate/up, SwiGLU, down projection + residual), the products on the few-row MatMulT. The blocks and their
+// parts also stand alone: the elementwise ones (norm, SwiGLU) and CachedAttention serve prefill, where MindSpore's
+// own ops are slow too (splitting interleaved gate/up pairs alone cost ~36 ms a layer for 1024 tokens). Every kernel
+// computes what the MindSpore ops it replaces compute, in float32, up to the order of float additions and exp's
+// last bit.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
