@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <numeric>
 #include <vector>
 
 #include "thread_pool.h"
@@ -50,8 +49,10 @@ inline int64_t rows_per_chunk(int64_t row) { return std::max<int64_t>(1, kChunk 
 
 #if defined(__AVX2__) && defined(__FMA__)
 // exp(x) to ~1 ulp: 2^n exp(r) with n = round(x / ln 2), |r| <= ln 2 / 2 (ln 2 in two parts for exactness) and
-// Cephes' degree-6 polynomial for exp(r); x is clamped where float32 over- and underflows.
+// Cephes' degree-6 polynomial for exp(r); x is clamped where float32 overflows, and exp is 0 below its normal range
+// (as a masked attention score's weight must be).
 inline __m256 exp256(__m256 x) {
+  const __m256 normal = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -62,7 +63,7 @@ inline __m256 exp256(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
   p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(pow2n)), normal);
 }
 
 inline float hsum(__m256 v) {
@@ -95,6 +96,24 @@ inline void block_rows(const float *x, const float *w, int64_t K, float *y, int6
     }
 }
 
+// The sums of a[0..8) each, as one vector.
+inline __m256 hsum8(const __m256 *a) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// y[j] = q . k[j * n ..) for j < 8: eight keys of n floats (n a multiple of 8) against one query.
+inline void dot8(const float *q, const float *k, int64_t n, float *y) {
+  __m256 a[8];
+  for (auto &r : a) r = _mm256_setzero_ps();
+  for (int64_t d = 0; d < n; d += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + d);
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j * n + d), a[j]);
+  }
+  _mm256_storeu_ps(y, hsum8(a));
+}
+
 template <int R>
 inline void block_1xR(const float *x, const float *w, int64_t K, float *y) {
   __m256 a[R];
@@ -111,6 +130,25 @@ inline void block_1xR(const float *x, const float *w, int64_t K, float *y) {
   }
 }
 #endif
+
+// p[0, n) <- softmax(p[0, n)), the exps eight at a time where AVX2 is.
+inline void softmax(float *p, int64_t n) {
+  float top = -INFINITY, total = 0.f;
+  for (int64_t s = 0; s < n; ++s) top = std::max(top, p[s]);
+  int64_t s = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 sum = _mm256_setzero_ps();
+  for (; s + 8 <= n; s += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p + s), _mm256_set1_ps(top)));
+    _mm256_storeu_ps(p + s, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  total = hsum(sum);
+#endif
+  for (; s < n; ++s) total += (p[s] = std::exp(p[s] - top));
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) p[i] /= total;
+}
 
 struct MatMulArgs {
   const float *x, *w, *residual;  // residual (M, N) or nullptr
@@ -307,13 +345,17 @@ static void attention_units(const void *ctx, int64_t u0, int64_t u1) {
     const float *mask = a.mask + bl * a.S;
     for (int64_t r = 0; r < rep; ++r)
       rope(a.q.at(bl, g, r), a.cos + bl * hd, a.sin + bl * hd, a.partner, a.sign, qr.data() + r * hd, hd);
-    for (int64_t s = 0; s < seen; ++s)
-      for (int64_t r = 0; r < rep; ++r) p[r * seen + s] = dot(qr.data() + r * hd, kc + s * hd, hd) * scale + mask[s];
     for (int64_t r = 0; r < rep; ++r) {
-      float *pr = p.data() + r * seen, top = -INFINITY, total = 0.f;
-      for (int64_t s = 0; s < seen; ++s) top = std::max(top, pr[s]);
-      for (int64_t s = 0; s < seen; ++s) total += (pr[s] = std::exp(pr[s] - top));
-      for (int64_t s = 0; s < seen; ++s) pr[s] /= total;
+      float *pr = p.data() + r * seen;
+      int64_t s = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+      if (hd % 8 == 0)
+        for (; s + 8 <= seen; s += 8) dot8(qr.data() + r * hd, kc + s * hd, hd, pr + s);
+#endif
+      for (; s < seen; ++s) pr[s] = dot(qr.data() + r * hd, kc + s * hd, hd);
+#pragma omp simd
+      for (int64_t i = 0; i < seen; ++i) pr[i] = pr[i] * scale + mask[i];
+      softmax(pr, seen);
     }
     float *o = a.out + (bl * a.H + g * rep) * hd;
     std::fill(o, o + rep * hd, 0.f);
@@ -391,8 +433,9 @@ extern "C" int CachedAttention(int nparam, void **params, int *ndims, int64_t **
   return 0;
 }
 
-// The decode step's two blocks of a pre-norm decoder layer, one launch each: residual + f(RmsNorm(x)), every product
-// the few-row one of MatMulT. Weights are given fused (w_qkv, w13) or separate (wq, wk, wv; w1, w3).
+// The two blocks of a pre-norm decoder layer's decode step, residual + f(RmsNorm(x)), every product the few-row one
+// of MatMulT. DecoderLayer runs both in one launch; each is launched alone where only it folds (a LoRA adapter in the
+// other). Weights are given fused (w_qkv, w13) or separate (wq, wk, wv; w1, w3).
 // AttentionBlock(x (B, L, D), weight (D,), eps (1,), w_qkv (G (rep + 2) hd, D) | wq (G rep hd, D), wk (G hd, D),
 // wv (G hd, D), cos, sin, partner, sign, k_cache, v_cache, mask, start (as CachedAttention), wo (N, G rep hd),
 // residual (B, L, N)) -> (B, L, N)
@@ -467,7 +510,8 @@ extern "C" int FeedForward(int nparam, void **params, int *ndims, int64_t **shap
 
 // DecoderLayer(AttentionBlock's inputs, FeedForward's weights (norm weight, eps, w13 | w1, w3, w2)) -> (B, L, D): a
 // pre-norm decoder layer's decode step, h = AttentionBlock(x, ...), then FeedForward(h, ..., residual h), in one
-// launch (MindSpore's runtime costs tens of microseconds a launch here). Fused (w_qkv, w13) or separate weights.
+// launch (MindSpore's runtime costs tens of microseconds a launch here). Both blocks' weights fused (w_qkv, w13) or
+// both separate.
 extern "C" int DecoderLayer(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                             void *stream, void *extra) {
   if (nparam != 19 && nparam != 22) return 1;
@@ -478,20 +522,19 @@ extern "C" int DecoderLayer(int nparam, void **params, int *ndims, int64_t **sha
   int nd[17];
   int64_t *sh[17];
   const char *dt[17];
-  // a block called with inputs ``from`` (indices into params, or kHidden), then ``out``
-  const auto call = [&](auto block, const std::vector<int> &from, void *out) {
-    int n = 0;
-    for (const int i : from) {
-      const int j = i == kHidden ? 0 : i;
-      p[n] = i == kHidden ? h : params[j], nd[n] = ndims[j], sh[n] = shapes[j], dt[n] = dtypes[j], ++n;
+  // a block called with inputs ``from`` (n indices into params, or kHidden), then ``out``
+  const auto call = [&](auto block, const int *from, int n, void *out) {
+    for (int i = 0; i < n; ++i) {
+      const int j = from[i] == kHidden ? 0 : from[i];
+      p[i] = from[i] == kHidden ? h : params[j], nd[i] = ndims[j], sh[i] = shapes[j], dt[i] = dtypes[j];
     }
     p[n] = out, nd[n] = ndims[0], sh[n] = shapes[0], dt[n] = dtypes[0];
     return block(n + 1, p, nd, sh, dt, stream, extra);
   };
-  std::vector<int> first(attention), second{kHidden};
-  std::iota(first.begin(), first.end(), 0);
-  for (int i = 0; i < ffn; ++i) second.push_back(attention + i);
-  second.push_back(kHidden);
-  if (const int err = call(AttentionBlock, first, h)) return err;
-  return call(FeedForward, second, params[nparam - 1]);
+  int first[16], second[7] = {kHidden};
+  for (int i = 0; i < attention; ++i) first[i] = i;
+  for (int i = 0; i < ffn; ++i) second[1 + i] = attention + i;
+  second[1 + ffn] = kHidden;
+  if (const int err = call(AttentionBlock, first, attention, h)) return err;
+  return call(FeedForward, second, ffn + 2, params[nparam - 1]);
 }
