@@ -2,7 +2,7 @@
 
 Op by op (PyNative, ``context.mode: 1``), or compiled by ``mindspore.jit`` (``context.mode: 0``). A compiled step
 is fixed-shape, so prompts are left-padded to a multiple of ``prompt_bucket`` and caches come in buckets of
-``slot_bucket`` slots; a cache is kept per (batch, slots) with its compiled step, so each prefill length and each
+``slot_bucket`` slots; a cache is kept per (batch, slots) with its compiled steps, so each prefill length and each
 decode shape compiles once while its bucket is kept (the ``max_buckets`` most recent); ``compile_seconds`` records
 each shape's first-call time. A greedy step returns its argmax token ids (B ints, not B x vocab floats) and is a
 graph of its own.
