@@ -148,6 +148,43 @@ def test_few_rows_matmul_kernel(jit):
         np.testing.assert_allclose(got_add.asnumpy(), r + x @ w.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("B,L,G,rep,hd,S,start", [(2, 3, 2, 3, 16, 29, 9), (1, 1, 3, 3, 64, 40, 20),
+                                                   (2, 2, 1, 2, 12, 20, 5)])
+def test_attention_kernel_against_numpy(B, L, G, rep, hd, S, start):
+    """RoPE, the cache write and masked softmax attention over slots [0, start + l], in float64: key counts past
+    and between the 8-key blocks, a head width without 8-wide vectors (12), scores masked out mid-sequence."""
+    rng = np.random.default_rng(4)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    q, k, v, cos, sin = f32(B, L, G * rep, hd), f32(B, L, G, hd), f32(B, L, G, hd), f32(B, L, hd), f32(B, L, hd)
+    partner = ((np.arange(hd) + hd // 2) % hd).astype(np.int32)
+    sign = np.where(np.arange(hd) < hd // 2, -1.0, 1.0).astype(np.float32)
+    k_cache, v_cache = f32(B, G, S, hd), f32(B, G, S, hd)
+    mask = np.where(rng.random((B, L, S)) < 0.3, -1e9, 0.0).astype(np.float32)
+    mask[:, :, 0] = 0.0                                                  # every token sees at least one slot
+    caches = [ms.Parameter(ms.Tensor(c.copy())) for c in (k_cache, v_cache)]
+    out = decode_kernels.cached_attention()(*map(ms.Tensor, (q, k, v, cos, sin, partner, sign)), *caches,
+                                            ms.Tensor(mask), ms.Tensor(np.int32(start))).asnumpy()
+
+    def rope(x, c, s_):
+        return x * c + sign * x[..., partner] * s_
+    for b in range(B):
+        for l in range(L):
+            k_cache[b, :, start + l] = rope(k[b, l], cos[b, l], sin[b, l])
+            v_cache[b, :, start + l] = v[b, l]
+    want = np.zeros((B, L, G * rep, hd))
+    for b in range(B):
+        for l in range(L):
+            seen = start + l + 1
+            for h in range(G * rep):
+                kc, vc = k_cache[b, h // rep, :seen].astype(np.float64), v_cache[b, h // rep, :seen]
+                scores = kc @ rope(q[b, l, h], cos[b, l], sin[b, l]) / np.sqrt(hd) + mask[b, l, :seen]
+                p = np.exp(scores - scores.max())
+                want[b, l, h] = p / p.sum() @ vc
+    np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(caches[0].asnumpy(), k_cache, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(caches[1].asnumpy(), v_cache)
+
+
 def kernel_calls(model):
     """Counts the launches of the decoder layers' kernels (eager), as "<cell type>.<kernel attribute>"; attention
     that carries the output projection counts as "CachedAttention.fused+wo"."""
