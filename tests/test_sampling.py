@@ -202,6 +202,30 @@ def test_seeded_sampling_is_reproducible():
     assert _sequence(1234) != _sequence(4321)
 
 
+@pytest.mark.parametrize("top_k,top_p,temperature", [(50, 0.9, 0.7), (0, 0.9, 1.0), (0, 0.3, 0.5), (200, 1.0, 1.3),
+                                                   (0, 1.0, 1.0), (1, 0.5, 1.0)])
+def test_draws_equal_a_full_vocabulary_sort(top_k, top_p, temperature):
+    """The sampler works on the few candidates top-k/top-p leave (a partition, not a sort of the vocabulary): the
+    same tokens, draw for draw, as sorting the whole row and drawing from the filtered softmax over it."""
+    rng = np.random.default_rng(9)
+    logits = (rng.standard_normal((6, 49152)) * 3).astype(np.float32)
+    logits[0, :5] = logits[0].max()                      # ties at the top
+    cfg = GenerationConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature, seed=11)
+    sampler, draws = Sampler(cfg), np.random.default_rng(11)
+    for _ in range(5):
+        got = sampler(logits, [()] * 6)
+        x = (logits / temperature).astype(np.float64)
+        if 0 < top_k < x.shape[1]:
+            x[x < np.sort(x, -1)[:, -top_k][:, None]] = -np.inf
+        order = np.argsort(-x, -1, kind="stable")
+        p = softmax(np.take_along_axis(x, order, -1))
+        drop = np.cumsum(p, -1) - p >= top_p
+        np.put_along_axis(x, order, np.where(drop, -np.inf, np.take_along_axis(x, order, -1)), -1)
+        cum = np.cumsum(softmax(x), -1)
+        want = (cum <= draws.random((6, 1)) * cum[:, -1:]).sum(-1)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_sampled_ids_are_valid_indices():
     logits = np.random.default_rng(8).normal(size=(256, 33)).astype(np.float32)
     out = Sampler(GenerationConfig(do_sample=True, top_p=0.9, top_k=10, seed=8))(logits, [()] * 256)

@@ -15,21 +15,34 @@ def apply_repetition_penalty(logits, seen, penalty):
     return logits
 
 
+def kept_tokens(row, top_k, top_p):
+    """The token ids (ascending) that top-k keeps of one row of float64 logits (ties with the k-th kept), and top-p
+    then keeps of those: the smallest prefix, by probability renormalised over them (ties: lower ids first), whose
+    mass reaches ``top_p`` (at least one token). Linear in the vocabulary (partitions, not a sort): only the few
+    candidates are sorted."""
+    vocab = row.shape[-1]
+    ids = np.flatnonzero(row >= np.partition(row, -top_k)[-top_k]) if 0 < top_k < vocab else np.arange(vocab)
+    if top_p >= 1.0:
+        return ids
+    probs, width = _softmax(row[ids]), 64
+    while True:  # the `width` most probable (and their ties), widened until their mass reaches top_p
+        top = np.flatnonzero(probs >= np.partition(probs, -width)[-width]) if width < len(ids) else np.arange(len(ids))
+        top = top[np.argsort(-probs[top], kind="stable")]
+        cum = np.cumsum(probs[top])
+        if cum[-1] >= top_p or len(top) == len(ids):
+            break
+        width *= 8
+    return np.sort(ids[top[cum - probs[top] < top_p]])
+
+
 def top_k_top_p_filter(logits, top_k, top_p):
-    logits = logits.astype(np.float64, copy=True)
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
-        logits[logits < kth] = -np.inf
-    if top_p < 1.0:
-        order = np.argsort(-logits, axis=-1)
-        sorted_logits = np.take_along_axis(logits, order, -1)
-        probs = _softmax(sorted_logits)
-        cum = np.cumsum(probs, axis=-1)
-        drop = cum - probs >= top_p       # keep the smallest prefix whose mass reaches top_p (at least one token)
-        sorted_logits[drop] = -np.inf
-        np.put_along_axis(logits, order, sorted_logits, -1)
-    return logits
+    """(B, V) logits as float64 with what kept_tokens drops at -inf."""
+    logits = np.asarray(logits, np.float64)
+    out = np.full(logits.shape, -np.inf)
+    for r, row in enumerate(logits):
+        ids = kept_tokens(row, top_k, top_p)
+        out[r, ids] = row[ids]
+    return out
 
 
 def _softmax(x):
@@ -50,8 +63,12 @@ class Sampler:
         logits = apply_repetition_penalty(np.asarray(logits, np.float32), seen, cfg.repetition_penalty)
         if not cfg.do_sample:
             return logits.argmax(-1)
-        logits = top_k_top_p_filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-        probs = _softmax(logits)
-        cum = np.cumsum(probs, -1)
-        u = self.rng.random((probs.shape[0], 1)) * cum[:, -1:]
-        return (cum <= u).sum(-1)  # lands on a token of positive probability, even for u == 0
+        scaled = (logits / cfg.temperature).astype(np.float64)
+        u = self.rng.random((len(scaled), 1))
+        tokens = np.empty(len(scaled), np.int64)
+        for r, row in enumerate(scaled):
+            ids = kept_tokens(row, cfg.top_k, cfg.top_p)
+            cum = np.cumsum(_softmax(row[ids]))
+            # the first token whose cumulative mass passes u: one of positive probability, even for u == 0
+            tokens[r] = ids[min(int((cum <= u[r, 0] * cum[-1]).sum()), len(ids) - 1)]
+        return tokens
